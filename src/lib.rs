@@ -1,0 +1,42 @@
+//! wstap: a transparent WebSocket debugging proxy.
+//!
+//! wstap sits between a client and the real upstream. It passes ordinary
+//! HTTP through, forwards the WebSocket upgrade and returns the upstream's
+//! real answer, then relays the WebSocket bytes **unchanged** while it
+//! decodes a copy: the handshake (four views: as the client sent it, as
+//! wstap sent it upstream, as the upstream answered, as the client got it)
+//! and every frame, both directions. What went wrong becomes a finding
+//! with the fix.
+//!
+//! ```text
+//! socket bytes ──> relay ──(unchanged)──> peer socket
+//!                    │
+//!                    └─ copy ──> proto::stream (decoder, analysis) ──> Event
+//!                                     ──> bus (bounded) ──> sinks (terminal, ndjson)
+//! ```
+//!
+//! Layers, arrows pointing one way (`cli -> {proxy, sink, tls} -> bus -> proto`):
+//!
+//! - [`proto`]: pure protocol code (no I/O, no clock): events, frames, the
+//!   incremental decoder, HTTP heads, handshake analysis, session summaries.
+//! - [`proxy`]: the I/O shell: listener, upstream connector, HTTP
+//!   forwarding, the relay. It sends events; it never calls a sink.
+//! - [`bus`]: the bounded channel between them.
+//! - [`sink`]: outputs of the event stream, on their own thread.
+//! - [`tls`]: rustls configuration.
+//! - [`cli`]: argument parsing, validation into configs, wiring.
+//!
+//! Non-goals: HTTP/2 and HTTP/3 (WebSockets over h2, RFC 8441, are rare in
+//! practice and browsers fall back to HTTP/1.1); changing frames in flight
+//! (wstap rewrites handshakes only, so what you debug is what runs);
+//! storing whole messages (previews are capped, the relay streams).
+
+#![forbid(unsafe_code)]
+
+pub mod bus;
+pub mod cli;
+pub mod demo;
+pub mod proto;
+pub mod proxy;
+pub mod sink;
+pub mod tls;

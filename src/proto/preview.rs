@@ -1,0 +1,70 @@
+//! Turns payload bytes into an event preview: UTF-8 when it is text a person
+//! can read, hex otherwise. Never lossy: a preview is either the exact text
+//! or the exact bytes.
+
+use super::event::Encoding;
+
+/// Renders `bytes` (already unmasked/inflated). `text` says the payload
+/// belongs to a text message; `cut` that `bytes` stops before the payload
+/// ends, so a character split at the cut may be dropped.
+pub fn render(bytes: &[u8], text: bool, cut: bool) -> (String, Encoding) {
+    let s = match std::str::from_utf8(bytes) {
+        Ok(s) => Some(s),
+        Err(e) if cut && e.error_len().is_none() => {
+            // the preview window ended inside a multi-byte character
+            std::str::from_utf8(&bytes[..e.valid_up_to()]).ok()
+        }
+        Err(_) => None,
+    };
+    match s {
+        Some(s) if text || readable(s) => (s.to_string(), Encoding::Utf8),
+        _ => (hex(bytes), Encoding::Hex),
+    }
+}
+
+/// Binary payloads are shown as text only when nothing in them is a
+/// control character other than tab and line breaks.
+fn readable(s: &str) -> bool {
+    !s.chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 0xf) as usize] as char);
+    }
+    out
+}
+
+/// Inverse of [`hex`], for reading logs back.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_binary_and_cut_characters() {
+        assert_eq!(render(b"hi", true, false), ("hi".into(), Encoding::Utf8));
+        assert_eq!(render(b"hi", false, false), ("hi".into(), Encoding::Utf8));
+        assert_eq!(render(&[0, 1, 0xff], false, false), ("0001ff".into(), Encoding::Hex));
+        assert_eq!(render(b"a\x01", false, false), ("6101".into(), Encoding::Hex));
+        assert_eq!(render(b"a\x01", true, false), ("a\x01".into(), Encoding::Utf8));
+        // "é" is c3 a9: cut after c3
+        assert_eq!(render(b"ab\xc3", true, true), ("ab".into(), Encoding::Utf8));
+        assert_eq!(render(b"ab\xc3", true, false), ("6162c3".into(), Encoding::Hex));
+        assert_eq!(unhex("6162c3"), Some(b"ab\xc3".to_vec()));
+        assert_eq!(unhex("6"), None);
+    }
+}

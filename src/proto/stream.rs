@@ -1,0 +1,746 @@
+//! One direction of a WebSocket connection, observed: feed it the bytes the
+//! relay forwarded and it emits a `frame` event per frame, with previews,
+//! close details and protocol-violation findings. It never changes or holds
+//! the bytes: a frame header, a preview and counters are all it keeps.
+
+use std::time::SystemTime;
+
+use super::close_code;
+use super::decoder::{FrameDecoder, Piece};
+use super::deflate::Inflater;
+use super::event::{ConnId, Dir, Encoding, Event, EventKind, FrameEvent};
+use super::frame::{apply_mask, FrameHeader, Opcode};
+use super::handshake::Negotiated;
+use super::preview;
+use super::utf8::Utf8Validator;
+use super::violation::Violation;
+
+/// Unmasking works through a buffer of this size, not the whole payload.
+const SCRATCH: usize = 16 * 1024;
+/// Inflated bytes per message beyond which inflation is abandoned: the
+/// cost is CPU, not memory, but a deflate bomb should not pin a core.
+const MAX_INFLATED_PER_MESSAGE: u64 = 256 * 1024 * 1024;
+
+/// What a direction needs to know from the handshake and the command line.
+#[derive(Debug, Clone, Default)]
+pub struct TapConfig {
+    pub max_preview: usize,
+    pub negotiated: Negotiated,
+}
+
+/// Counters for the close summary.
+#[derive(Debug, Clone, Default)]
+pub struct StreamStats {
+    pub frames: u64,
+    pub messages: u64,
+    /// Bytes on the wire, headers included.
+    pub bytes: u64,
+    pub violations: u64,
+    pub first_frame_at: Option<SystemTime>,
+    pub last_frame_at: Option<SystemTime>,
+}
+
+/// The first close frame this direction's sender sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseSeen {
+    pub code: Option<u16>,
+    pub reason: String,
+    pub at: SystemTime,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Message {
+    text: bool,
+    compressed: bool,
+    /// Inflation was abandoned for this message (see `note`).
+    inflate_skipped: bool,
+    inflated: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Current {
+    header: FrameHeader,
+    /// The frame belongs to a text message (previews and UTF-8 checks).
+    text: bool,
+    compressed: bool,
+    /// Inflated bytes this frame produced (compressed frames).
+    inflated: u64,
+    note: Option<String>,
+}
+
+/// Observes one direction; see the module docs.
+#[derive(Debug)]
+pub struct StreamTap {
+    conn: ConnId,
+    dir: Dir,
+    cfg: TapConfig,
+    decoder: FrameDecoder,
+    current: Option<Current>,
+    message: Option<Message>,
+    preview: Vec<u8>,
+    control: Vec<u8>,
+    utf8: Utf8Validator,
+    utf8_failed: bool,
+    inflater: Option<Inflater>,
+    /// Set once inflation cannot continue for this direction.
+    inflate_dead: Option<String>,
+    scratch: Vec<u8>,
+    close: Option<CloseSeen>,
+    stats: StreamStats,
+    reported: u32,
+    /// Frame start offset (within the chunk being fed) of the current frame.
+    current_start: usize,
+    violation_at: Option<usize>,
+}
+
+impl StreamTap {
+    pub fn new(conn: ConnId, dir: Dir, cfg: TapConfig) -> Self {
+        let inflater = cfg.negotiated.deflate.map(|d| {
+            Inflater::new(match dir {
+                Dir::ClientToServer => d.client_no_context_takeover,
+                Dir::ServerToClient => d.server_no_context_takeover,
+            })
+        });
+        StreamTap {
+            conn,
+            dir,
+            cfg,
+            decoder: FrameDecoder::new(),
+            current: None,
+            message: None,
+            preview: Vec::new(),
+            control: Vec::new(),
+            utf8: Utf8Validator::new(),
+            utf8_failed: false,
+            inflater,
+            inflate_dead: None,
+            scratch: Vec::new(),
+            close: None,
+            stats: StreamStats::default(),
+            reported: 0,
+            current_start: 0,
+            violation_at: None,
+        }
+    }
+
+    pub fn dir(&self) -> Dir {
+        self.dir
+    }
+
+    pub fn stats(&self) -> &StreamStats {
+        &self.stats
+    }
+
+    pub fn close_seen(&self) -> Option<&CloseSeen> {
+        self.close.as_ref()
+    }
+
+    /// Between frames: a frame may be inserted here.
+    pub fn at_frame_boundary(&self) -> bool {
+        self.decoder.at_boundary()
+    }
+
+    /// Between frames and outside a fragmented message: a data frame may be
+    /// inserted here without breaking §5.4.
+    pub fn at_message_boundary(&self) -> bool {
+        self.decoder.at_boundary() && self.message.is_none()
+    }
+
+    /// The frame the stream stopped inside, if any: (header, payload bytes
+    /// received), or the bytes of an unfinished header.
+    pub fn unfinished(&self) -> Option<String> {
+        if let Some((h, got)) = self.decoder.current() {
+            return Some(format!(
+                "{} frame cut after {got} of {} payload bytes",
+                h.opcode, h.len
+            ));
+        }
+        let p = self.decoder.partial_header_len();
+        (p > 0).then(|| format!("frame header cut after {p} bytes"))
+    }
+
+    /// Feeds bytes that crossed the proxy in this direction; events go to
+    /// `out`. Returns the offset in `data` where the first frame that broke
+    /// the protocol starts (0 when it began in an earlier chunk), so a
+    /// strict relay can stop before forwarding it.
+    pub fn feed(&mut self, data: &[u8], now: SystemTime, out: &mut Vec<Event>) -> Option<usize> {
+        self.stats.bytes += data.len() as u64;
+        self.violation_at = None;
+        self.current_start = 0;
+        let mut input = data;
+        loop {
+            let pos = data.len() - input.len();
+            let partial = self.decoder.partial_header_len();
+            match self.decoder.next(&mut input) {
+                None => break,
+                Some(Piece::Header(h)) => {
+                    self.current_start = pos.saturating_sub(partial);
+                    self.on_header(h, now, out);
+                }
+                Some(Piece::Payload { data, offset }) => self.on_payload(data, offset, now, out),
+                Some(Piece::End) => self.on_end(now, out),
+            }
+        }
+        self.violation_at
+    }
+
+    fn violate(&mut self, v: Violation, now: SystemTime, out: &mut Vec<Event>) {
+        self.stats.violations += 1;
+        self.violation_at.get_or_insert(self.current_start);
+        let bit = 1u32 << v.kind();
+        if self.reported & bit == 0 {
+            self.reported |= bit;
+            out.push(Event::conn(
+                now,
+                self.conn,
+                EventKind::Finding(v.finding(self.dir, self.stats.frames + 1)),
+            ));
+        }
+    }
+
+    fn on_header(&mut self, h: FrameHeader, now: SystemTime, out: &mut Vec<Event>) {
+        match (self.dir, h.mask.is_some()) {
+            (Dir::ClientToServer, false) => self.violate(Violation::ClientUnmasked, now, out),
+            (Dir::ServerToClient, true) => self.violate(Violation::ServerMasked, now, out),
+            _ => {}
+        }
+        if h.nonminimal_len {
+            self.violate(Violation::NonMinimalLength(h.len), now, out);
+        }
+        let control = h.opcode.is_control();
+        if let Opcode::Reserved(b) = h.opcode {
+            self.violate(Violation::ReservedOpcode(b), now, out);
+        }
+        if control {
+            if h.len > 125 {
+                self.violate(Violation::ControlTooLong(h.opcode, h.len), now, out);
+            }
+            if !h.fin {
+                self.violate(Violation::ControlFragmented(h.opcode), now, out);
+            }
+        } else if self.close.is_some() {
+            self.violate(Violation::DataAfterClose(h.opcode), now, out);
+        }
+        if !self.cfg.negotiated.has_unknown_extension() {
+            let deflate = self.cfg.negotiated.deflate.is_some();
+            let starts_message = matches!(h.opcode, Opcode::Text | Opcode::Binary);
+            if h.rsv2 || h.rsv3 || (h.rsv1 && !deflate) {
+                self.violate(
+                    Violation::ReservedBits {
+                        rsv1: h.rsv1 && !deflate,
+                        rsv2: h.rsv2,
+                        rsv3: h.rsv3,
+                    },
+                    now,
+                    out,
+                );
+            } else if h.rsv1 && !starts_message {
+                self.violate(Violation::Rsv1Misplaced(h.opcode), now, out);
+            }
+        }
+
+        let mut text = false;
+        let mut compressed = false;
+        match h.opcode {
+            Opcode::Text | Opcode::Binary => {
+                if self.message.is_some() {
+                    self.violate(Violation::InterleavedMessage(h.opcode), now, out);
+                }
+                let m = Message {
+                    text: h.opcode == Opcode::Text,
+                    compressed: h.rsv1 && self.cfg.negotiated.deflate.is_some(),
+                    inflate_skipped: false,
+                    inflated: 0,
+                };
+                self.message = Some(m);
+                self.utf8.reset();
+                self.utf8_failed = false;
+                text = m.text;
+                compressed = m.compressed;
+            }
+            Opcode::Continuation => match self.message {
+                Some(m) => {
+                    text = m.text;
+                    compressed = m.compressed;
+                }
+                None => self.violate(Violation::OrphanContinuation, now, out),
+            },
+            _ => {}
+        }
+        self.preview.clear();
+        self.control.clear();
+        self.current = Some(Current {
+            header: h,
+            text,
+            compressed,
+            inflated: 0,
+            note: None,
+        });
+    }
+
+    fn on_payload(&mut self, data: &[u8], offset: u64, now: SystemTime, out: &mut Vec<Event>) {
+        let Some(cur) = &self.current else { return };
+        let h = cur.header;
+        let control = h.opcode.is_control();
+        let inflate = cur.compressed && self.inflate_dead.is_none();
+        let validate = cur.text && !cur.compressed && !self.utf8_failed;
+        let max = self.cfg.max_preview;
+        // Only payloads that must be read whole (text to validate, compressed
+        // to inflate) are unmasked in full; others just their preview.
+        let need = if inflate || validate {
+            data.len()
+        } else if control {
+            data.len().min(125usize.saturating_sub(self.control.len()))
+        } else {
+            data.len().min(max.saturating_sub(self.preview.len()))
+        };
+        if need == 0 {
+            return;
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        if scratch.len() < SCRATCH {
+            scratch.resize(SCRATCH, 0);
+        }
+        let mut done = 0;
+        while done < need {
+            let n = (need - done).min(SCRATCH);
+            let buf = &mut scratch[..n];
+            buf.copy_from_slice(&data[done..done + n]);
+            if let Some(m) = h.mask {
+                apply_mask(buf, m, offset + done as u64);
+            }
+            self.consume_plain(buf, inflate, validate, control, now, out);
+            done += n;
+        }
+        self.scratch = scratch;
+    }
+
+    /// Handles unmasked payload bytes of the current frame.
+    fn consume_plain(
+        &mut self,
+        buf: &[u8],
+        inflate: bool,
+        validate: bool,
+        control: bool,
+        now: SystemTime,
+        out: &mut Vec<Event>,
+    ) {
+        let max = self.cfg.max_preview;
+        if control {
+            let room = 125usize.saturating_sub(self.control.len());
+            self.control.extend_from_slice(&buf[..buf.len().min(room)]);
+        }
+        if inflate {
+            self.inflate(buf, false, now, out);
+            return;
+        }
+        let room = max.saturating_sub(self.preview.len());
+        self.preview.extend_from_slice(&buf[..buf.len().min(room)]);
+        if validate && !self.utf8.feed(buf) {
+            self.utf8_failed = true;
+            self.violate(Violation::InvalidUtf8, now, out);
+        }
+    }
+
+    /// Runs compressed bytes (or, with `end`, the message tail) through the
+    /// inflater, keeping a preview and checking UTF-8 of text on the way.
+    fn inflate(&mut self, buf: &[u8], end: bool, now: SystemTime, out: &mut Vec<Event>) {
+        let max = self.cfg.max_preview;
+        let (Some(inflater), Some(cur), Some(msg)) =
+            (self.inflater.as_mut(), self.current.as_mut(), self.message.as_mut())
+        else {
+            return;
+        };
+        if msg.inflate_skipped {
+            return;
+        }
+        let preview = &mut self.preview;
+        let utf8 = &mut self.utf8;
+        let check_utf8 = msg.text && !self.utf8_failed;
+        let mut bad_utf8 = false;
+        let mut produced = 0u64;
+        let mut sink = |b: &[u8]| {
+            produced += b.len() as u64;
+            let room = max.saturating_sub(preview.len());
+            preview.extend_from_slice(&b[..b.len().min(room)]);
+            if check_utf8 && !bad_utf8 && !utf8.feed(b) {
+                bad_utf8 = true;
+            }
+        };
+        let result = if end {
+            inflater.end_message(&mut sink)
+        } else {
+            inflater.feed(buf, &mut sink)
+        };
+        cur.inflated += produced;
+        msg.inflated += produced;
+        if end && check_utf8 && !bad_utf8 && !utf8.is_complete() {
+            bad_utf8 = true;
+        }
+        match result {
+            Err(e) => {
+                let why = format!("preview unavailable: {e}; later compressed messages in this direction are not inflated");
+                cur.note = Some(why.clone());
+                self.inflate_dead = Some(why);
+                self.violate(Violation::InflateFailed, now, out);
+            }
+            Ok(()) if msg.inflated > MAX_INFLATED_PER_MESSAGE => {
+                msg.inflate_skipped = true;
+                let keeps_context = !inflater.resets_per_message();
+                inflater.reset();
+                cur.note = Some(format!(
+                    "inflation stopped after {} MiB of this message",
+                    MAX_INFLATED_PER_MESSAGE >> 20
+                ));
+                if keeps_context {
+                    // the sender's window now holds bytes we never saw
+                    self.inflate_dead = Some(
+                        "preview unavailable: an earlier message was too large to inflate and the compression context was lost".into(),
+                    );
+                }
+            }
+            Ok(()) => {}
+        }
+        if bad_utf8 {
+            self.utf8_failed = true;
+            self.violate(Violation::InvalidUtf8, now, out);
+        }
+    }
+
+    fn on_end(&mut self, now: SystemTime, out: &mut Vec<Event>) {
+        let Some(cur) = self.current.clone() else {
+            return;
+        };
+        let h = cur.header;
+        let mut close_code = None;
+        let mut close_name = None;
+        let mut close_reason = None;
+        if h.opcode == Opcode::Close {
+            let p = std::mem::take(&mut self.control);
+            let (code, reason) = match p.len() {
+                0 => (None, String::new()),
+                1 => {
+                    self.violate(Violation::CloseOneByte, now, out);
+                    (None, String::new())
+                }
+                _ => {
+                    let code = u16::from_be_bytes([p[0], p[1]]);
+                    if !close_code::valid_on_wire(code) {
+                        self.violate(Violation::InvalidCloseCode(code), now, out);
+                    }
+                    let reason = match std::str::from_utf8(&p[2..]) {
+                        Ok(s) => s.to_string(),
+                        Err(_) => {
+                            self.violate(Violation::CloseReasonNotUtf8, now, out);
+                            preview::hex(&p[2..])
+                        }
+                    };
+                    (Some(code), reason)
+                }
+            };
+            if let Some(c) = code {
+                close_code = Some(c);
+                close_name = Some(close_code::name(c).to_string());
+            }
+            close_reason = Some(reason.clone());
+            if self.close.is_none() {
+                self.close = Some(CloseSeen {
+                    code,
+                    reason,
+                    at: now,
+                });
+            }
+            self.control = p;
+        }
+        let ends_message = !h.opcode.is_control() && h.fin;
+        let mut note = cur.note.clone();
+        if ends_message {
+            if let Some(m) = self.message {
+                if m.compressed && self.inflate_dead.is_none() {
+                    self.inflate(&[], true, now, out);
+                    if let Some(c) = &self.current {
+                        note = c.note.clone();
+                    }
+                } else if m.text && !m.compressed && !self.utf8_failed && !self.utf8.is_complete() {
+                    self.utf8_failed = true;
+                    self.violate(Violation::InvalidUtf8, now, out);
+                }
+            }
+        }
+        let cur = self.current.take().unwrap_or(cur);
+        if cur.compressed && note.is_none() {
+            note = self.inflate_dead.clone();
+        }
+        let shown = self.preview.len() as u64;
+        let total = if cur.compressed { cur.inflated } else { h.len };
+        let preview_bytes: &[u8] = if note.is_some() && cur.compressed && cur.inflated == 0 {
+            &[]
+        } else {
+            &self.preview
+        };
+        let (preview, encoding) = if preview_bytes.is_empty() {
+            (String::new(), Encoding::Utf8)
+        } else {
+            preview::render(preview_bytes, cur.text, shown < total)
+        };
+        let truncated = shown < total || (cur.compressed && note.is_some());
+        if ends_message {
+            self.message = None;
+            self.stats.messages += 1;
+        }
+        self.stats.frames += 1;
+        self.stats.first_frame_at.get_or_insert(now);
+        self.stats.last_frame_at = Some(now);
+        out.push(Event::conn(
+            now,
+            self.conn,
+            EventKind::Frame(FrameEvent {
+                from: self.dir,
+                opcode: h.opcode,
+                fin: h.fin,
+                rsv1: h.rsv1,
+                rsv2: h.rsv2,
+                rsv3: h.rsv3,
+                masked: h.mask.is_some(),
+                len: h.len,
+                preview,
+                encoding,
+                truncated,
+                compressed: cur.compressed,
+                close_code,
+                close_name,
+                close_reason,
+                injected: false,
+                note,
+            }),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::deflate::Deflater;
+    use crate::proto::event::Finding;
+    use crate::proto::frame::encode_frame;
+    use crate::proto::handshake::DeflateParams;
+
+    const M: Option<[u8; 4]> = Some([0x11, 0x22, 0x33, 0x44]);
+
+    fn tap(dir: Dir) -> StreamTap {
+        StreamTap::new(
+            ConnId(1),
+            dir,
+            TapConfig {
+                max_preview: 16,
+                negotiated: Negotiated::default(),
+            },
+        )
+    }
+
+    fn run(t: &mut StreamTap, wire: &[u8]) -> (Vec<FrameEvent>, Vec<Finding>) {
+        let mut out = Vec::new();
+        t.feed(wire, SystemTime::UNIX_EPOCH, &mut out);
+        split(out)
+    }
+
+    fn split(out: Vec<Event>) -> (Vec<FrameEvent>, Vec<Finding>) {
+        let mut frames = Vec::new();
+        let mut findings = Vec::new();
+        for e in out {
+            match e.kind {
+                EventKind::Frame(f) => frames.push(f),
+                EventKind::Finding(f) => findings.push(f),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (frames, findings)
+    }
+
+    fn frame(op: Opcode, fin: bool, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
+        let mut w = Vec::new();
+        encode_frame(&mut w, fin, false, op, mask, payload);
+        w
+    }
+
+    #[test]
+    fn every_opcode_makes_one_event_with_its_fields() {
+        let mut wire = Vec::new();
+        for op in [Opcode::Text, Opcode::Binary, Opcode::Ping, Opcode::Pong] {
+            wire.extend(frame(op, true, M, b"abc"));
+        }
+        wire.extend(frame(Opcode::Text, false, M, b"fr"));
+        wire.extend(frame(Opcode::Continuation, true, M, b"ag"));
+        let mut close = 4001u16.to_be_bytes().to_vec();
+        close.extend_from_slice(b"bye");
+        wire.extend(frame(Opcode::Close, true, M, &close));
+        let (frames, findings) = run(&mut tap(Dir::ClientToServer), &wire);
+        assert!(findings.is_empty(), "{findings:?}");
+        let ops: Vec<_> = frames.iter().map(|f| f.opcode.name()).collect();
+        assert_eq!(ops, ["text", "binary", "ping", "pong", "text", "continuation", "close"]);
+        assert!(frames.iter().all(|f| f.masked));
+        assert_eq!(frames[0].preview, "abc");
+        assert!(!frames[4].fin && frames[5].fin);
+        assert_eq!(frames[5].preview, "ag");
+        let c = &frames[6];
+        assert_eq!(c.close_code, Some(4001));
+        assert_eq!(c.close_name.as_deref(), Some("Private Use"));
+        assert_eq!(c.close_reason.as_deref(), Some("bye"));
+    }
+
+    #[test]
+    fn previews_are_capped_and_unmasked_at_any_split() {
+        let payload: Vec<u8> = (0..70_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let wire = frame(Opcode::Text, true, M, &payload);
+        for chunk in [1usize, 2, 5, 1500, 70_000] {
+            let mut t = tap(Dir::ClientToServer);
+            let mut out = Vec::new();
+            for c in wire.chunks(chunk) {
+                t.feed(c, SystemTime::UNIX_EPOCH, &mut out);
+            }
+            let (frames, findings) = split(out);
+            assert!(findings.is_empty());
+            assert_eq!(frames.len(), 1);
+            assert_eq!(frames[0].len, 70_000);
+            assert_eq!(frames[0].preview.as_bytes(), &payload[..16]);
+            assert!(frames[0].truncated);
+        }
+    }
+
+    #[test]
+    fn binary_preview_is_hex() {
+        let (frames, _) = run(&mut tap(Dir::ServerToClient), &frame(Opcode::Binary, true, None, &[0, 1, 254]));
+        assert_eq!(frames[0].preview, "0001fe");
+        assert_eq!(frames[0].encoding, Encoding::Hex);
+        assert!(!frames[0].truncated);
+    }
+
+    fn violations(dir: Dir, wire: &[u8]) -> Vec<String> {
+        let (_, f) = run(&mut tap(dir), wire);
+        f.iter().map(|f| f.observed.clone().unwrap_or_default()).collect()
+    }
+
+    #[test]
+    fn each_violation_is_reported() {
+        let c = Dir::ClientToServer;
+        let s = Dir::ServerToClient;
+        let one = |dir, wire: Vec<u8>, want: &str| {
+            let v = violations(dir, &wire);
+            assert_eq!(v.len(), 1, "{want}: {v:?}");
+            assert!(v[0].contains(want), "{want}: {v:?}");
+        };
+        one(c, frame(Opcode::Text, true, None, b"x"), "unmasked client frame");
+        one(s, frame(Opcode::Text, true, M, b"x"), "masked server frame");
+        let mut rsv = frame(Opcode::Text, true, None, b"x");
+        rsv[0] |= 0x40;
+        one(s, rsv, "RSV1 set without a negotiated extension");
+        one(s, frame(Opcode::Ping, true, None, &[0; 126]), "control frame longer than 125");
+        one(s, frame(Opcode::Ping, false, None, b""), "fragmented ping");
+        one(s, frame(Opcode::Reserved(3), true, None, b""), "reserved opcode 0x3");
+        one(s, frame(Opcode::Continuation, true, None, b"x"), "continuation frame without");
+        let mut inter = frame(Opcode::Text, false, None, b"a");
+        inter.extend(frame(Opcode::Binary, true, None, b"b"));
+        one(s, inter, "new binary message before");
+        one(s, frame(Opcode::Text, true, None, b"\xff"), "invalid UTF-8");
+        let mut split_bad = frame(Opcode::Text, false, None, b"\xe2\x82");
+        split_bad.extend(frame(Opcode::Continuation, true, None, b"x"));
+        one(s, split_bad, "invalid UTF-8");
+        one(s, frame(Opcode::Close, true, None, &[3]), "1-byte payload");
+        one(s, frame(Opcode::Close, true, None, &1005u16.to_be_bytes()), "invalid close code 1005");
+        let mut after = frame(Opcode::Close, true, None, &1000u16.to_be_bytes());
+        after.extend(frame(Opcode::Text, true, None, b"late"));
+        one(s, after, "text frame after its sender's close");
+        one(s, vec![0x82, 126, 0, 1, 9], "shortest encoding");
+    }
+
+    #[test]
+    fn a_char_split_across_fragments_is_valid() {
+        let mut w = frame(Opcode::Text, false, M, b"\xe2\x82");
+        w.extend(frame(Opcode::Ping, true, M, b""));
+        w.extend(frame(Opcode::Continuation, true, M, b"\xac"));
+        assert!(violations(Dir::ClientToServer, &w).is_empty());
+    }
+
+    #[test]
+    fn each_kind_is_reported_once_but_counted() {
+        let mut t = tap(Dir::ClientToServer);
+        let mut w = Vec::new();
+        for _ in 0..5 {
+            w.extend(frame(Opcode::Binary, true, None, b"x"));
+        }
+        let (frames, findings) = run(&mut t, &w);
+        assert_eq!((frames.len(), findings.len()), (5, 1));
+        assert_eq!(t.stats().violations, 5);
+    }
+
+    #[test]
+    fn violation_offset_points_at_the_frame() {
+        let mut t = tap(Dir::ClientToServer);
+        let mut w = frame(Opcode::Text, true, M, b"ok");
+        let at = w.len();
+        w.extend(frame(Opcode::Text, true, None, b"bad"));
+        let mut out = Vec::new();
+        assert_eq!(t.feed(&w, SystemTime::UNIX_EPOCH, &mut out), Some(at));
+    }
+
+    fn deflate_tap(dir: Dir, no_ctx: bool) -> StreamTap {
+        StreamTap::new(
+            ConnId(1),
+            dir,
+            TapConfig {
+                max_preview: 64,
+                negotiated: Negotiated {
+                    deflate: Some(DeflateParams {
+                        server_no_context_takeover: no_ctx,
+                        client_no_context_takeover: no_ctx,
+                        server_max_window_bits: None,
+                        client_max_window_bits: None,
+                    }),
+                    ..Default::default()
+                },
+            },
+        )
+    }
+
+    #[test]
+    fn compressed_messages_show_inflated_previews() {
+        for no_ctx in [false, true] {
+            let mut d = Deflater::new(no_ctx);
+            let mut t = deflate_tap(Dir::ClientToServer, no_ctx);
+            let mut wire = Vec::new();
+            let texts: Vec<String> = (0..5).map(|i| format!("hello number {i} hello hello")).collect();
+            for text in &texts {
+                let c = d.compress(text.as_bytes());
+                encode_frame(&mut wire, true, true, Opcode::Text, M, &c);
+            }
+            // and a fragmented compressed message: RSV1 only on the first frame
+            let c = d.compress(b"fragmented and compressed");
+            let (a, b) = c.split_at(c.len() / 2);
+            encode_frame(&mut wire, false, true, Opcode::Text, M, a);
+            encode_frame(&mut wire, true, false, Opcode::Continuation, M, b);
+            let mut out = Vec::new();
+            for chunk in wire.chunks(3) {
+                t.feed(chunk, SystemTime::UNIX_EPOCH, &mut out);
+            }
+            let (frames, findings) = split(out);
+            assert!(findings.is_empty(), "{findings:?}");
+            for (f, text) in frames.iter().zip(&texts) {
+                assert!(f.compressed);
+                assert_eq!(&f.preview, text);
+            }
+            let joined = format!("{}{}", frames[5].preview, frames[6].preview);
+            assert_eq!(joined, "fragmented and compressed");
+            assert!(frames[6].compressed);
+        }
+    }
+
+    #[test]
+    fn garbage_compressed_payload_is_a_violation() {
+        let mut t = deflate_tap(Dir::ServerToClient, false);
+        let mut w = Vec::new();
+        encode_frame(&mut w, true, true, Opcode::Text, None, &[0xff; 8]);
+        let (frames, findings) = run(&mut t, &w);
+        assert_eq!(findings.len(), 1);
+        assert!(frames[0].note.is_some());
+    }
+}

@@ -1,0 +1,131 @@
+//! Streams one HTTP message body from a reader to a writer, byte for byte,
+//! stopping exactly where the framing says the message ends. Nothing is
+//! decoded or held beyond the read buffer; a chunked body stays chunked.
+
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::io::Inbound;
+use crate::proto::http::{BodyKind, ChunkedScanner, FramingError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("reading the body failed: {0}")]
+    Read(#[source] io::Error),
+    #[error("forwarding the body failed: {0}")]
+    Write(#[source] io::Error),
+    #[error(transparent)]
+    Framing(#[from] FramingError),
+    #[error("the body ended after {got} bytes; {expected} were announced")]
+    Truncated { expected: String, got: u64 },
+}
+
+/// Up to `limit` first bytes of a body, kept for the log.
+pub struct Capture<'a> {
+    pub buf: &'a mut Vec<u8>,
+    pub limit: usize,
+}
+
+/// Copies one body; returns the bytes copied.
+pub async fn copy_body<R, W>(
+    src: &mut Inbound<R>,
+    dst: &mut W,
+    kind: BodyKind,
+    mut capture: Option<Capture<'_>>,
+) -> Result<u64, BodyError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut copied = 0u64;
+    let mut scanner = ChunkedScanner::new();
+    let mut remaining = match kind {
+        BodyKind::Empty => return Ok(0),
+        BodyKind::Length(n) => n,
+        _ => u64::MAX,
+    };
+    loop {
+        if src.buffered().is_empty() {
+            let n = src.fill().await.map_err(BodyError::Read)?;
+            if n == 0 {
+                return match kind {
+                    BodyKind::UntilClose => {
+                        dst.flush().await.map_err(BodyError::Write)?;
+                        Ok(copied)
+                    }
+                    BodyKind::Length(n) => Err(BodyError::Truncated {
+                        expected: n.to_string(),
+                        got: copied,
+                    }),
+                    _ => Err(BodyError::Truncated {
+                        expected: "a final zero-length chunk".into(),
+                        got: copied,
+                    }),
+                };
+            }
+        }
+        let data = src.buffered();
+        let take = match kind {
+            BodyKind::Chunked => scanner.scan(data)?,
+            BodyKind::Length(_) => (remaining.min(data.len() as u64)) as usize,
+            _ => data.len(),
+        };
+        if let Some(c) = capture.as_mut() {
+            let room = c.limit.saturating_sub(c.buf.len());
+            c.buf.extend_from_slice(&data[..take.min(room)]);
+        }
+        dst.write_all(&data[..take]).await.map_err(BodyError::Write)?;
+        src.consume(take);
+        copied += take as u64;
+        let done = match kind {
+            BodyKind::Chunked => scanner.is_done(),
+            BodyKind::Length(_) => {
+                remaining -= take as u64;
+                remaining == 0
+            }
+            _ => false,
+        };
+        if done {
+            dst.flush().await.map_err(BodyError::Write)?;
+            return Ok(copied);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn run(input: &[u8], kind: BodyKind) -> (Result<u64, BodyError>, Vec<u8>, Vec<u8>) {
+        let mut src = Inbound::new(input);
+        let mut out = Vec::new();
+        let r = copy_body(&mut src, &mut out, kind, None).await;
+        let rest = src.buffered().to_vec();
+        (r, out, rest)
+    }
+
+    #[tokio::test]
+    async fn stops_at_the_end_of_each_framing() {
+        let (r, out, rest) = run(b"helloNEXT", BodyKind::Length(5)).await;
+        assert_eq!((r.unwrap(), out.as_slice(), rest.as_slice()), (5, &b"hello"[..], &b"NEXT"[..]));
+        let body = b"3\r\nabc\r\n0\r\n\r\n";
+        let mut input = body.to_vec();
+        input.extend_from_slice(b"NEXT");
+        let (r, out, rest) = run(&input, BodyKind::Chunked).await;
+        assert_eq!(r.unwrap(), body.len() as u64);
+        assert_eq!(out, body);
+        assert_eq!(rest, b"NEXT");
+        let (r, out, _) = run(b"all of it", BodyKind::UntilClose).await;
+        assert_eq!((r.unwrap(), out.as_slice()), (9, &b"all of it"[..]));
+    }
+
+    #[tokio::test]
+    async fn short_bodies_are_errors() {
+        let (r, out, _) = run(b"abc", BodyKind::Length(10)).await;
+        assert!(matches!(r, Err(BodyError::Truncated { got: 3, .. })));
+        assert_eq!(out, b"abc");
+        let (r, _, _) = run(b"3\r\nabc\r\n", BodyKind::Chunked).await;
+        assert!(matches!(r, Err(BodyError::Truncated { .. })));
+    }
+}

@@ -1,0 +1,614 @@
+//! One client connection, from accept to close: reads each request head
+//! raw, forwards it to the upstream, passes the real answer back, and on a
+//! 101 to a WebSocket handshake hands both sockets to the relay. Every
+//! request goes through the same path, so any of them can be an upgrade.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+
+use super::body::{copy_body, BodyError, Capture};
+use super::io::{BoxIo, Inbound, ReadHeadError};
+use super::relay::{relay, Sides};
+use super::upstream::{Connected, Endpoint};
+use super::Shared;
+use crate::proto::event::{
+    millis, CloseSummary, ConnId, Dir, ErrorEvent, Event, EventKind, Finding, Handshake,
+    HttpExchange, ResponseView,
+};
+use crate::proto::failure::UpstreamFailure;
+use crate::proto::handshake::{self, Negotiated};
+use crate::proto::http::{
+    parse_request_head, parse_response_head, request_body, response_body, BodyKind, Header,
+    RequestHead, ResponseHead,
+};
+use crate::proto::preview;
+use crate::proto::session::{summarize, EndContext};
+use crate::proto::stream::{StreamTap, TapConfig};
+
+/// Bytes of a refused upgrade's body kept for the log.
+const BODY_PREVIEW: usize = 512;
+
+type Rd = ReadHalf<BoxIo>;
+type Wr = WriteHalf<BoxIo>;
+
+struct UpstreamConn {
+    rd: Inbound<Rd>,
+    wr: Wr,
+    addr: SocketAddr,
+    /// Served an earlier request: a failure may be a stale keep-alive.
+    reused: bool,
+}
+
+/// How a connection ended, for its `close` event.
+struct End {
+    reason: &'static str,
+    detail: String,
+}
+
+impl End {
+    fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+        End {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+enum Step {
+    Next,
+    Done(End),
+    /// A 101 answered a WebSocket handshake: relay from here on.
+    Upgrade(ResponseHead),
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    id: ConnId,
+    accepted: SystemTime,
+    client_rd: Inbound<Rd>,
+    client_wr: Wr,
+    upstream: Option<UpstreamConn>,
+    /// Bytes read from earlier upstream connections of this client.
+    upstream_bytes: u64,
+}
+
+/// Serves one accepted client connection to its end.
+pub async fn serve(shared: Arc<Shared>, io: BoxIo, peer: SocketAddr, id: ConnId) {
+    tracing::debug!(%peer, conn = id.0, "accepted");
+    let (rd, wr) = tokio::io::split(io);
+    let conn = Conn {
+        shared,
+        id,
+        accepted: SystemTime::now(),
+        client_rd: Inbound::new(rd),
+        client_wr: wr,
+        upstream: None,
+        upstream_bytes: 0,
+    };
+    conn.run().await;
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        502 => "Bad Gateway",
+        504 => "Gateway Timeout",
+        _ => "Error",
+    }
+}
+
+/// A short plain-text response wstap writes itself.
+fn own_response(status: u16, body: &str) -> (ResponseHead, Vec<u8>) {
+    let head = ResponseHead {
+        version: crate::proto::http::Version::Http11,
+        status,
+        reason: reason_phrase(status).to_string(),
+        headers: vec![
+            Header::new("Content-Type", "text/plain; charset=utf-8"),
+            Header::new("Content-Length", body.len().to_string()),
+            Header::new("Connection", "close"),
+        ],
+    };
+    let mut bytes = head.to_bytes();
+    bytes.extend_from_slice(body.as_bytes());
+    (head, bytes)
+}
+
+async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
+}
+
+impl Conn {
+    async fn emit(&self, kind: EventKind) {
+        self.shared
+            .events
+            .send(Event::conn(SystemTime::now(), self.id, kind))
+            .await;
+    }
+
+    async fn emit_finding(&self, f: Finding) {
+        self.emit(EventKind::Finding(f)).await;
+    }
+
+    async fn run(mut self) {
+        let mut first = true;
+        let end = loop {
+            let head = self
+                .client_rd
+                .read_head_within(parse_request_head, self.shared.cfg.header_timeout)
+                .await;
+            let (req, raw) = match head {
+                Ok(Some(h)) => h,
+                Ok(None) => {
+                    break End::new(
+                        "client-closed",
+                        if first {
+                            "the client closed the connection without sending a request"
+                        } else {
+                            "the client closed the keep-alive connection"
+                        },
+                    )
+                }
+                Err(ReadHeadError::Timeout(_, 0)) if !first => {
+                    break End::new("idle-keepalive", "no further request on the keep-alive connection")
+                }
+                Err(e) => break self.reject(e).await,
+            };
+            first = false;
+            match self.exchange(req, raw).await {
+                Step::Next => continue,
+                Step::Done(end) => break end,
+                Step::Upgrade(resp) => return self.websocket(resp).await,
+            }
+        };
+        let _ = self.client_wr.shutdown().await;
+        let ended = SystemTime::now();
+        let up_total = self.upstream_bytes + self.upstream.as_ref().map_or(0, |u| u.rd.total);
+        self.emit(EventKind::Close(CloseSummary {
+            reason: end.reason.to_string(),
+            detail: end.detail,
+            duration_ms: millis(ended.duration_since(self.accepted).unwrap_or_default()),
+            frames_from_client: 0,
+            frames_from_server: 0,
+            bytes_from_client: self.client_rd.total,
+            bytes_from_server: up_total,
+            websocket: false,
+        }))
+        .await;
+    }
+
+    /// Answers a request head that could not be read (400/408/431).
+    async fn reject(&mut self, e: ReadHeadError) -> End {
+        let status = match &e {
+            ReadHeadError::Head(h) => h.status(),
+            ReadHeadError::Timeout(..) => 408,
+            ReadHeadError::Truncated(_) | ReadHeadError::Io(_) => 0,
+        };
+        let message = format!("bad request from the client: {e}");
+        self.emit(EventKind::Error(ErrorEvent {
+            message: message.clone(),
+        }))
+        .await;
+        if status != 0 {
+            let (_, bytes) = own_response(status, &format!("wstap: {message}\n"));
+            let _ = write_flush(&mut self.client_wr, &bytes).await;
+        }
+        End::new("bad-request", message)
+    }
+
+    /// Makes sure an upstream connection is open.
+    async fn ensure_upstream(&mut self) -> Result<(), UpstreamFailure> {
+        if self.upstream.is_some() {
+            return Ok(());
+        }
+        let ep = Endpoint::from(&self.shared.cfg.upstream);
+        let Connected { io, addr, .. } = self.shared.connector.connect(&ep).await?;
+        let (rd, wr) = tokio::io::split(io);
+        self.upstream = Some(UpstreamConn {
+            rd: Inbound::new(rd),
+            wr,
+            addr,
+            reused: false,
+        });
+        Ok(())
+    }
+
+    fn drop_upstream(&mut self) {
+        if let Some(u) = self.upstream.take() {
+            self.upstream_bytes += u.rd.total;
+        }
+    }
+
+    /// Sends the request head upstream, reconnecting once when a reused
+    /// keep-alive connection turns out to be closed.
+    async fn send_head(&mut self, bytes: &[u8]) -> Result<(), UpstreamFailure> {
+        for attempt in 0..2 {
+            self.ensure_upstream().await?;
+            let Some(up) = self.upstream.as_mut() else {
+                continue;
+            };
+            match write_flush(&mut up.wr, bytes).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    let reused = up.reused;
+                    let addr = up.addr.to_string();
+                    self.drop_upstream();
+                    if !reused || attempt == 1 {
+                        return Err(UpstreamFailure::Dropped {
+                            addr,
+                            detail: e.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        Err(UpstreamFailure::Dropped {
+            addr: self.shared.cfg.upstream.authority(),
+            detail: "could not send the request".into(),
+        })
+    }
+
+    async fn exchange(&mut self, req: RequestHead, raw: Vec<u8>) -> Step {
+        let started = Instant::now();
+        let attempt = handshake::is_attempt(&req);
+        let framing = match request_body(&req) {
+            Ok(k) => k,
+            Err(e) => {
+                let message = format!("bad request from the client: {e}");
+                self.emit(EventKind::Error(ErrorEvent {
+                    message: message.clone(),
+                }))
+                .await;
+                let (_, bytes) = own_response(400, &format!("wstap: {message}\n"));
+                let _ = write_flush(&mut self.client_wr, &bytes).await;
+                return Step::Done(End::new("bad-request", message));
+            }
+        };
+
+        let mut up_req = req.clone();
+        up_req.target = self.shared.cfg.upstream.map_target(&req.target);
+        let up_raw = if up_req == req { raw } else { up_req.to_bytes() };
+        let mut hs = Handshake {
+            client_request: Some(req.view()),
+            ..Default::default()
+        };
+
+        // A request without a body can be sent again on a fresh connection
+        // if a reused one turns out dead before answering.
+        let mut tries = if framing == BodyKind::Empty { 2 } else { 1 };
+        let (resp, resp_raw) = loop {
+            tries -= 1;
+            if let Err(f) = self.send_head(&up_raw).await {
+                return self.upstream_failed(&req, hs, f, started).await;
+            }
+            hs.upstream_request = Some(up_req.view());
+            let timeout = attempt.then_some(self.shared.cfg.handshake_timeout);
+            match self.forward_body_and_read_response(framing, timeout).await {
+                Ok(r) => break r,
+                Err(ExchangeError::Client(e)) => {
+                    self.drop_upstream();
+                    let message = format!("the client's request body failed: {e}");
+                    self.emit(EventKind::Error(ErrorEvent {
+                        message: message.clone(),
+                    }))
+                    .await;
+                    return Step::Done(End::new("client-closed", message));
+                }
+                Err(ExchangeError::Upstream(f, reused)) => {
+                    self.drop_upstream();
+                    if !(reused && tries > 0) {
+                        return self.upstream_failed(&req, hs, f, started).await;
+                    }
+                }
+            }
+        };
+        if let Some(up) = self.upstream.as_mut() {
+            up.reused = true;
+        }
+
+        let client_resp = resp.clone();
+        let client_resp_raw = resp_raw;
+        hs.upstream_response = Some(resp.view());
+        hs.client_response = Some(client_resp.view());
+        if let Err(e) = write_flush(&mut self.client_wr, &client_resp_raw).await {
+            self.drop_upstream();
+            if attempt {
+                self.emit(EventKind::Handshake(Box::new(hs))).await;
+            }
+            return Step::Done(End::new(
+                "client-closed",
+                format!("the client went away before the response reached it: {e}"),
+            ));
+        }
+
+        if resp.status == 101 {
+            if attempt {
+                self.emit(EventKind::Handshake(Box::new(hs))).await;
+                return Step::Upgrade(client_resp);
+            }
+            return self.tunnel(&req, started).await;
+        }
+
+        let resp_framing = match response_body(&req.method, &resp) {
+            Ok(k) => k,
+            Err(e) => {
+                self.emit(EventKind::Error(ErrorEvent {
+                    message: format!("the upstream's response cannot be framed: {e}; relaying until it closes"),
+                }))
+                .await;
+                BodyKind::UntilClose
+            }
+        };
+        let mut captured = Vec::new();
+        let body = {
+            let Some(up) = self.upstream.as_mut() else {
+                return Step::Done(End::new("error", "upstream connection lost"));
+            };
+            let capture = attempt.then_some(Capture {
+                buf: &mut captured,
+                limit: BODY_PREVIEW,
+            });
+            copy_body(&mut up.rd, &mut self.client_wr, resp_framing, capture).await
+        };
+        if attempt {
+            if !captured.is_empty() {
+                let (text, _) = preview::render(&captured, false, true);
+                for view in [&mut hs.upstream_response, &mut hs.client_response] {
+                    if let Some(ResponseView { body_preview, .. }) = view.as_mut() {
+                        *body_preview = Some(text.clone());
+                    }
+                }
+            }
+            self.emit(EventKind::Handshake(Box::new(hs))).await;
+        } else {
+            let response_bytes = *body.as_ref().unwrap_or(&0);
+            self.emit(EventKind::Http(HttpExchange {
+                method: req.method.clone(),
+                target: req.target.clone(),
+                status: resp.status,
+                duration_ms: millis(started.elapsed()),
+                request_bytes: 0,
+                response_bytes,
+            }))
+            .await;
+        }
+        match body {
+            Err(BodyError::Write(e)) => {
+                self.drop_upstream();
+                return Step::Done(End::new(
+                    "client-closed",
+                    format!("the client went away during the response: {e}"),
+                ));
+            }
+            Err(e) => {
+                self.drop_upstream();
+                self.emit(EventKind::Error(ErrorEvent {
+                    message: format!("the upstream's response body failed: {e}"),
+                }))
+                .await;
+                return Step::Done(End::new("server-closed", e.to_string()));
+            }
+            Ok(_) => {}
+        }
+        if resp_framing == BodyKind::UntilClose || !resp.keep_alive() {
+            self.drop_upstream();
+            return Step::Done(End::new(
+                "server-closed",
+                "the upstream ended the connection after its response",
+            ));
+        }
+        if !req.keep_alive() {
+            self.drop_upstream();
+            return Step::Done(End::new(
+                "client-closed",
+                "the client asked to close after the response",
+            ));
+        }
+        Step::Next
+    }
+
+    /// Sends the request body while reading the response head: a server may
+    /// answer (100 Continue, or early) before the body is complete.
+    async fn forward_body_and_read_response(
+        &mut self,
+        framing: BodyKind,
+        timeout: Option<Duration>,
+    ) -> Result<(ResponseHead, Vec<u8>), ExchangeError> {
+        let Some(up) = self.upstream.as_mut() else {
+            return Err(ExchangeError::Upstream(
+                UpstreamFailure::Dropped {
+                    addr: self.shared.cfg.upstream.authority(),
+                    detail: "no upstream connection".into(),
+                },
+                false,
+            ));
+        };
+        let reused = up.reused;
+        let addr = up.addr.to_string();
+        let body = copy_body(&mut self.client_rd, &mut up.wr, framing, None);
+        let head = read_final_head(&mut up.rd, &mut self.client_wr, timeout, &addr);
+        let (body, head) = tokio::join!(body, head);
+        let head = head.map_err(|f| ExchangeError::Upstream(f, reused))?;
+        match body {
+            Ok(_) | Err(BodyError::Write(_)) => Ok(head),
+            Err(e) => Err(ExchangeError::Client(e)),
+        }
+    }
+
+    async fn upstream_failed(
+        &mut self,
+        req: &RequestHead,
+        mut hs: Handshake,
+        f: UpstreamFailure,
+        started: Instant,
+    ) -> Step {
+        let upstream = self.shared.cfg.upstream.to_string();
+        let (head, bytes) = own_response(f.status(), &f.client_body(&upstream));
+        let _ = write_flush(&mut self.client_wr, &bytes).await;
+        if handshake::is_attempt(req) {
+            let mut view = head.view();
+            view.body_preview = Some(f.message());
+            hs.client_response = Some(view);
+            self.emit(EventKind::Handshake(Box::new(hs))).await;
+        } else {
+            self.emit(EventKind::Http(HttpExchange {
+                method: req.method.clone(),
+                target: req.target.clone(),
+                status: f.status(),
+                duration_ms: millis(started.elapsed()),
+                request_bytes: 0,
+                response_bytes: 0,
+            }))
+            .await;
+        }
+        self.emit_finding(f.finding()).await;
+        Step::Done(End::new("upstream-failed", f.message()))
+    }
+
+    /// A 101 to something other than a WebSocket (h2c, ...): bytes pass
+    /// both ways undecoded.
+    async fn tunnel(&mut self, req: &RequestHead, started: Instant) -> Step {
+        self.emit(EventKind::Http(HttpExchange {
+            method: req.method.clone(),
+            target: req.target.clone(),
+            status: 101,
+            duration_ms: millis(started.elapsed()),
+            request_bytes: 0,
+            response_bytes: 0,
+        }))
+        .await;
+        let Some(up) = self.upstream.as_mut() else {
+            return Step::Done(End::new("error", "upstream connection lost"));
+        };
+        let r = tunnel_pair(&mut self.client_rd, &mut up.wr, &mut up.rd, &mut self.client_wr).await;
+        self.drop_upstream();
+        Step::Done(End::new("tunnel-closed", r))
+    }
+
+    /// Runs the relay on an upgraded connection and sends its summary.
+    async fn websocket(self, client_resp: ResponseHead) {
+        let Conn {
+            shared,
+            id,
+            accepted,
+            client_rd,
+            client_wr,
+            upstream,
+            upstream_bytes,
+        } = self;
+        let Some(up) = upstream else {
+            return;
+        };
+        let opened = SystemTime::now();
+        let cfg = TapConfig {
+            max_preview: shared.cfg.max_preview,
+            negotiated: Negotiated::from_response(&client_resp),
+        };
+        let mut c2s = StreamTap::new(id, Dir::ClientToServer, cfg.clone());
+        let mut s2c = StreamTap::new(id, Dir::ServerToClient, cfg);
+        let mut sides = Sides {
+            client_rd,
+            client_wr,
+            up_rd: up.rd,
+            up_wr: up.wr,
+        };
+        let end = relay(&mut sides, &mut c2s, &mut s2c, &shared.events).await;
+        let ended = SystemTime::now();
+        let ctx = EndContext {
+            opened_at: opened,
+            ended_at: ended,
+            accepted_at: accepted,
+            bytes_from_client: sides.client_rd.total,
+            bytes_from_server: upstream_bytes + sides.up_rd.total,
+            expected_idle: &shared.cfg.expected_idle,
+        };
+        let (summary, findings) = summarize(&c2s, &s2c, &end, &ctx);
+        let mut events: Vec<Event> = findings
+            .into_iter()
+            .map(|f| Event::conn(ended, id, EventKind::Finding(f)))
+            .collect();
+        events.push(Event::conn(ended, id, EventKind::Close(summary)));
+        shared.events.send_all(&mut events).await;
+    }
+}
+
+enum ExchangeError {
+    Client(BodyError),
+    /// The failure, and whether the connection had been reused.
+    Upstream(UpstreamFailure, bool),
+}
+
+/// Reads response heads until a final one, passing 1xx interim responses
+/// (other than 101) straight to the client.
+async fn read_final_head<R, W>(
+    rd: &mut Inbound<R>,
+    client: &mut W,
+    timeout: Option<Duration>,
+    addr: &str,
+) -> Result<(ResponseHead, Vec<u8>), UpstreamFailure>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        let head = match timeout {
+            Some(t) => rd.read_head_within(parse_response_head, t).await,
+            None => rd.read_head(parse_response_head).await,
+        };
+        let (h, raw) = match head {
+            Ok(Some(x)) => x,
+            Ok(None) => {
+                return Err(UpstreamFailure::Dropped {
+                    addr: addr.to_string(),
+                    detail: "it closed the connection".into(),
+                })
+            }
+            Err(ReadHeadError::Timeout(after, _)) => {
+                return Err(UpstreamFailure::NoResponse {
+                    addr: addr.to_string(),
+                    after,
+                })
+            }
+            Err(e) => {
+                return Err(UpstreamFailure::Dropped {
+                    addr: addr.to_string(),
+                    detail: e.to_string(),
+                })
+            }
+        };
+        if (100..200).contains(&h.status) && h.status != 101 {
+            let _ = write_flush(client, &raw).await;
+            continue;
+        }
+        return Ok((h, raw));
+    }
+}
+
+/// Copies both ways until either side ends; returns how it ended.
+async fn tunnel_pair<A, B, C, D>(
+    a_rd: &mut Inbound<A>,
+    b_wr: &mut B,
+    b_rd: &mut Inbound<C>,
+    a_wr: &mut D,
+) -> String
+where
+    A: AsyncRead + Unpin,
+    B: AsyncWrite + Unpin,
+    C: AsyncRead + Unpin,
+    D: AsyncWrite + Unpin,
+{
+    let up = copy_body(a_rd, b_wr, BodyKind::UntilClose, None);
+    let down = copy_body(b_rd, a_wr, BodyKind::UntilClose, None);
+    let (a, b) = tokio::join!(up, down);
+    format!(
+        "tunnel ended: client side {}, server side {}",
+        a.map(|n| format!("{n} bytes")).unwrap_or_else(|e| e.to_string()),
+        b.map(|n| format!("{n} bytes")).unwrap_or_else(|e| e.to_string())
+    )
+}

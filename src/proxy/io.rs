@@ -1,0 +1,177 @@
+//! Byte plumbing for the raw path: a boxed stream type for TCP and TLS
+//! alike, and a fixed-capacity read buffer that can hand back what it read
+//! past a message head (the relay starts from those bytes).
+
+use std::io;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+
+use crate::proto::frame::Parsed;
+use crate::proto::http::{HeadError, MAX_HEAD_BYTES};
+
+/// Any duplex byte stream: plain TCP or TLS, client or upstream side.
+pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static> Io for T {}
+pub type BoxIo = Box<dyn Io>;
+
+/// Read buffer capacity: a whole loopback TCP read, and more than the
+/// largest head accepted, so a head always fits.
+pub const READ_CAPACITY: usize = 80 * 1024;
+const _: () = assert!(READ_CAPACITY > MAX_HEAD_BYTES);
+
+/// A reader with a fixed buffer. Bytes are read into the buffer's spare
+/// capacity, so an idle connection keeps only the pages it has touched.
+pub struct Inbound<R> {
+    io: R,
+    buf: Vec<u8>,
+    start: usize,
+    /// Total bytes read from `io`.
+    pub total: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadHeadError {
+    #[error(transparent)]
+    Head(#[from] HeadError),
+    #[error("connection closed in the middle of a message head ({0} bytes received)")]
+    Truncated(usize),
+    #[error("no complete message head after {0:?} ({1} bytes received)")]
+    Timeout(Duration, usize),
+    #[error("read failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl<R: AsyncRead + Unpin> Inbound<R> {
+    pub fn new(io: R) -> Self {
+        Inbound {
+            io,
+            buf: Vec::new(),
+            start: 0,
+            total: 0,
+        }
+    }
+
+    /// Bytes read but not yet consumed.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.buf.len());
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` is end of stream (or a
+    /// full buffer, which callers prevent by consuming).
+    pub async fn fill(&mut self) -> io::Result<usize> {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(READ_CAPACITY);
+        }
+        if self.buf.len() == self.buf.capacity() && self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let spare = self.buf.capacity() - self.buf.len();
+        if spare == 0 {
+            return Ok(0);
+        }
+        // `take` keeps read_buf from growing the Vec past its capacity.
+        let n = (&mut self.io)
+            .take(spare as u64)
+            .read_buf(&mut self.buf)
+            .await?;
+        self.total += n as u64;
+        Ok(n)
+    }
+
+    /// Reads one head with `parse`. `Ok(None)`: the stream ended cleanly
+    /// before any byte of a new head. The head's bytes are returned as
+    /// they were on the wire; bytes after the head stay buffered.
+    pub async fn read_head<T>(
+        &mut self,
+        parse: fn(&[u8]) -> Result<Parsed<T>, HeadError>,
+    ) -> Result<Option<(T, Vec<u8>)>, ReadHeadError> {
+        loop {
+            if !self.buffered().is_empty() {
+                if let Parsed::Done(head, n) = parse(self.buffered())? {
+                    let raw = self.buffered()[..n].to_vec();
+                    self.consume(n);
+                    return Ok(Some((head, raw)));
+                }
+            }
+            let before = self.buffered().len();
+            if self.fill().await? == 0 {
+                return if before == 0 {
+                    Ok(None)
+                } else {
+                    Err(ReadHeadError::Truncated(before))
+                };
+            }
+        }
+    }
+
+    /// Like [`read_head`](Self::read_head) with a deadline for the whole head.
+    pub async fn read_head_within<T>(
+        &mut self,
+        parse: fn(&[u8]) -> Result<Parsed<T>, HeadError>,
+        limit: Duration,
+    ) -> Result<Option<(T, Vec<u8>)>, ReadHeadError> {
+        match tokio::time::timeout(limit, self.read_head(parse)).await {
+            Ok(r) => r,
+            Err(_) => Err(ReadHeadError::Timeout(limit, self.buffered().len())),
+        }
+    }
+
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.io
+    }
+
+    /// Frees the buffer when it holds nothing, so an idle connection keeps
+    /// no read memory.
+    pub fn release_if_empty(&mut self) {
+        if self.buffered().is_empty() {
+            self.buf = Vec::new();
+            self.start = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::http::parse_request_head;
+
+    #[tokio::test]
+    async fn head_then_leftover() {
+        let data: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x81\x00rest";
+        let mut r = Inbound::new(data);
+        let (h, raw) = r.read_head(parse_request_head).await.unwrap().unwrap();
+        assert_eq!(h.target, "/");
+        assert_eq!(raw, &data[..raw.len()]);
+        assert_eq!(r.buffered(), b"\x81\x00rest");
+    }
+
+    #[tokio::test]
+    async fn eof_before_and_inside_a_head() {
+        let mut r = Inbound::new(&b""[..]);
+        assert!(r.read_head(parse_request_head).await.unwrap().is_none());
+        let mut r = Inbound::new(&b"GET / HT"[..]);
+        assert!(matches!(
+            r.read_head(parse_request_head).await,
+            Err(ReadHeadError::Truncated(8))
+        ));
+    }
+
+    #[tokio::test]
+    async fn oversized_head_is_refused() {
+        let mut big = b"GET /".to_vec();
+        big.extend(std::iter::repeat_n(b'a', MAX_HEAD_BYTES + 10));
+        let mut r = Inbound::new(&big[..]);
+        let e = r.read_head(parse_request_head).await.unwrap_err();
+        assert!(matches!(e, ReadHeadError::Head(HeadError::TooLarge)), "{e:?}");
+    }
+}

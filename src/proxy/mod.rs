@@ -1,0 +1,169 @@
+//! The I/O shell: the listener and its accept loop, the upstream connector,
+//! HTTP forwarding, the upgrade and the relay. It reports what it sees as
+//! events on the bus and never calls a sink; all judging is in `proto`.
+
+pub mod body;
+pub mod conn;
+pub mod io;
+pub mod relay;
+pub mod upstream;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::bus::EventTx;
+use crate::proto::event::{ConnId, Event, EventKind, Listening};
+use upstream::{Connector, UpstreamUrl};
+
+/// Everything the proxy needs to run, validated.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub upstream: UpstreamUrl,
+    pub max_preview: usize,
+    pub connect_timeout: Duration,
+    /// How long a client may take to send a complete request head.
+    pub header_timeout: Duration,
+    /// How long the upstream may take to answer an upgrade request.
+    pub handshake_timeout: Duration,
+    /// How long open connections get to finish at shutdown.
+    pub grace: Duration,
+    /// `--expect-idle-timeout` values.
+    pub expected_idle: Vec<Duration>,
+}
+
+impl ProxyConfig {
+    /// Defaults from the interface contract, in front of `upstream`.
+    pub fn new(listen: SocketAddr, upstream: UpstreamUrl) -> Self {
+        ProxyConfig {
+            listen,
+            upstream,
+            max_preview: 256,
+            connect_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            grace: Duration::from_secs(5),
+            expected_idle: Vec::new(),
+        }
+    }
+}
+
+/// State every connection task shares.
+pub struct Shared {
+    pub cfg: ProxyConfig,
+    pub events: EventTx,
+    pub connector: Connector,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// A bound, not yet running proxy.
+pub struct Proxy {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+}
+
+impl Proxy {
+    /// Binds the listener and announces it with a `listening` event.
+    pub async fn bind(
+        cfg: ProxyConfig,
+        tls: Arc<rustls::ClientConfig>,
+        events: EventTx,
+    ) -> Result<Proxy, ProxyError> {
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| ProxyError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ProxyError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let connector = Connector {
+            timeout: cfg.connect_timeout,
+            tls,
+        };
+        events
+            .send(Event::new(
+                SystemTime::now(),
+                None,
+                EventKind::Listening(Listening {
+                    addr: addr.to_string(),
+                    upstream: Some(cfg.upstream.to_string()),
+                }),
+            ))
+            .await;
+        Ok(Proxy {
+            listener,
+            shared: Arc::new(Shared {
+                cfg,
+                events,
+                connector,
+                next_id: AtomicU64::new(1),
+            }),
+            addr,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Accepts connections until `shutdown` resolves, then gives open
+    /// connections the grace period before dropping them.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((sock, peer)) => {
+                        let _ = sock.set_nodelay(true);
+                        let id = ConnId(self.shared.next_id.fetch_add(1, Ordering::Relaxed));
+                        let shared = self.shared.clone();
+                        let span = tracing::debug_span!("conn", id = id.0, %peer);
+                        tasks.spawn(conn::serve(shared, Box::new(sock), peer, id).instrument(span));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and similar: back off
+                        // instead of spinning on the error.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        drop(self.listener);
+        let grace = self.shared.cfg.grace;
+        let drained = tokio::time::timeout(grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::info!(open = tasks.len(), "grace period over; closing open connections");
+            tasks.shutdown().await;
+        }
+    }
+}

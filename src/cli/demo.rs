@@ -59,7 +59,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     // three connections, each ends with a close event
     collected
         .wait_for(Duration::from_secs(5), |evs| {
-            evs.iter().filter(|e| matches!(e.kind, EventKind::Close(_))).count() >= 3
+            evs.iter()
+                .filter(|e| matches!(e.kind, EventKind::Close(_)))
+                .count()
+                >= 3
         })
         .await;
     running.stop().await?;
@@ -67,7 +70,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     outcome.context("the demo client failed")?;
 
     let evs = collected.snapshot();
-    let frames = evs.iter().filter(|e| matches!(e.kind, EventKind::Frame(_))).count();
+    let frames = evs
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::Frame(_)))
+        .count();
     let findings: Vec<String> = evs
         .iter()
         .filter_map(|e| match &e.kind {
@@ -76,7 +82,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     eprintln!();
-    eprintln!("wstap demo: {frames} frames logged; findings: {}", findings.join(", "));
+    eprintln!(
+        "wstap demo: {frames} frames logged; findings: {}",
+        findings.join(", ")
+    );
     eprintln!("Next: put wstap in front of your own server:");
     eprintln!("  cargo run --release -- proxy --upstream ws://127.0.0.1:5173");
     Ok(ExitCode::SUCCESS)

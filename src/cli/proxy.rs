@@ -70,7 +70,10 @@ pub fn validate(args: ProxyArgs) -> anyhow::Result<ProxyRun> {
     let listen = parse_listen(&args.listen)?;
     let upstream: UpstreamUrl = args.upstream.parse().context("--upstream")?;
     if args.max_preview > 16 * 1024 * 1024 {
-        bail!("--max-preview {} is more than 16 MiB; previews are for reading", args.max_preview);
+        bail!(
+            "--max-preview {} is more than 16 MiB; previews are for reading",
+            args.max_preview
+        );
     }
     let mut config = ProxyConfig::new(listen, upstream);
     config.max_preview = args.max_preview;
@@ -83,7 +86,8 @@ pub fn validate(args: ProxyArgs) -> anyhow::Result<ProxyRun> {
         sinks.push(Box::new(TerminalSink::stderr()));
     }
     if let Some(path) = &args.json {
-        let sink = NdjsonSink::create(path).with_context(|| format!("--json {}", path.display()))?;
+        let sink =
+            NdjsonSink::create(path).with_context(|| format!("--json {}", path.display()))?;
         sinks.push(Box::new(sink));
     }
     Ok(ProxyRun {

@@ -10,14 +10,16 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
+use hyper::header::{
+    HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+    UPGRADE,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::proto::handshake::accept_key;
@@ -73,8 +75,10 @@ pub async fn serve(listener: TcpListener, opts: EchoOptions) {
 fn plain(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert("content-type", HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -86,23 +90,43 @@ fn has_token(req: &Request<Incoming>, name: hyper::header::HeaderName, token: &s
     })
 }
 
-async fn handle(mut req: Request<Incoming>, opts: Arc<EchoOptions>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    mut req: Request<Incoming>,
+    opts: Arc<EchoOptions>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY).cloned() else {
         let mut r = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
-        r.headers_mut()
-            .insert("content-type", HeaderValue::from_static("text/html; charset=utf-8"));
+        r.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
         return Ok(r);
     };
     if req.version() != hyper::Version::HTTP_11 {
-        return Ok(plain(StatusCode::HTTP_VERSION_NOT_SUPPORTED, "WebSocket upgrades need HTTP/1.1\n"));
+        return Ok(plain(
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            "WebSocket upgrades need HTTP/1.1\n",
+        ));
     }
     if !has_token(&req, UPGRADE, "websocket") || !has_token(&req, CONNECTION, "upgrade") {
-        let mut r = plain(StatusCode::UPGRADE_REQUIRED, "Upgrade Required: missing Upgrade: websocket / Connection: Upgrade\n");
-        r.headers_mut().insert(UPGRADE, HeaderValue::from_static("websocket"));
+        let mut r = plain(
+            StatusCode::UPGRADE_REQUIRED,
+            "Upgrade Required: missing Upgrade: websocket / Connection: Upgrade\n",
+        );
+        r.headers_mut()
+            .insert(UPGRADE, HeaderValue::from_static("websocket"));
         return Ok(r);
     }
-    if req.headers().get("sec-websocket-version").and_then(|v| v.to_str().ok()) != Some("13") {
-        return Ok(plain(StatusCode::BAD_REQUEST, "unsupported Sec-WebSocket-Version\n"));
+    if req
+        .headers()
+        .get("sec-websocket-version")
+        .and_then(|v| v.to_str().ok())
+        != Some("13")
+    {
+        return Ok(plain(
+            StatusCode::BAD_REQUEST,
+            "unsupported Sec-WebSocket-Version\n",
+        ));
     }
     if let Some(want) = &opts.require_origin {
         let origin = req.headers().get("origin").and_then(|v| v.to_str().ok());
@@ -117,13 +141,21 @@ async fn handle(mut req: Request<Incoming>, opts: Arc<EchoOptions>) -> Result<Re
         .filter_map(|v| v.to_str().ok())
         .flat_map(|s| s.split(',').map(|p| p.trim().to_string()))
         .collect();
-    let chosen = offered.iter().find(|p| opts.subprotocols.contains(p)).cloned();
+    let chosen = offered
+        .iter()
+        .find(|p| opts.subprotocols.contains(p))
+        .cloned();
 
     let accept = accept_key(key.to_str().unwrap_or_default());
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         if let Ok(upgraded) = upgrade.await {
-            let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(unlimited())).await;
+            let ws = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(unlimited()),
+            )
+            .await;
             echo(ws).await;
         }
     });

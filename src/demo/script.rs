@@ -28,8 +28,13 @@ pub enum ScriptError {
 
 const STEP: Duration = Duration::from_secs(5);
 
-async fn within<T, F: std::future::Future<Output = T>>(what: &'static str, f: F) -> Result<T, ScriptError> {
-    tokio::time::timeout(STEP, f).await.map_err(|_| ScriptError::Timeout(what))
+async fn within<T, F: std::future::Future<Output = T>>(
+    what: &'static str,
+    f: F,
+) -> Result<T, ScriptError> {
+    tokio::time::timeout(STEP, f)
+        .await
+        .map_err(|_| ScriptError::Timeout(what))
 }
 
 /// Runs the whole script against a proxy (or server) at `addr`.
@@ -66,13 +71,22 @@ pub async fn conversation(addr: SocketAddr) -> Result<(), ScriptError> {
     expect_echo(&mut ws, &binary).await?;
 
     // one message in two frames: FIN clear, then a continuation
-    ws.send(Message::Frame(Frame::message(Bytes::from_static(b"a fragmented "), OpCode::Data(Data::Text), false)))
-        .await?;
-    ws.send(Message::Frame(Frame::message(Bytes::from_static(b"message"), OpCode::Data(Data::Continue), true)))
-        .await?;
+    ws.send(Message::Frame(Frame::message(
+        Bytes::from_static(b"a fragmented "),
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .await?;
+    ws.send(Message::Frame(Frame::message(
+        Bytes::from_static(b"message"),
+        OpCode::Data(Data::Continue),
+        true,
+    )))
+    .await?;
     expect_echo(&mut ws, &Message::text("a fragmented message")).await?;
 
-    ws.send(Message::Ping(Bytes::from_static(b"are you there?"))).await?;
+    ws.send(Message::Ping(Bytes::from_static(b"are you there?")))
+        .await?;
     match within("a pong", ws.next()).await? {
         Some(Ok(Message::Pong(p))) if &p[..] == b"are you there?" => {}
         other => return Err(ScriptError::Unexpected(format!("{other:?}"))),
@@ -102,7 +116,11 @@ async fn raw_exchange(addr: SocketAddr, request: String) -> Result<String, Scrip
 
 /// An ordinary page request: HTTP passes through.
 pub async fn page(addr: SocketAddr) -> Result<(), ScriptError> {
-    let resp = raw_exchange(addr, format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")).await?;
+    let resp = raw_exchange(
+        addr,
+        format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+    .await?;
     if !resp.starts_with("HTTP/1.1 200") {
         return Err(ScriptError::Unexpected(resp));
     }
@@ -120,7 +138,9 @@ pub async fn stripped_handshake(addr: SocketAddr) -> Result<(), ScriptError> {
     )
     .await?;
     if resp.starts_with("HTTP/1.1 101") || resp.starts_with("HTTP/1.0 101") {
-        return Err(ScriptError::Unexpected("a stripped handshake was accepted".into()));
+        return Err(ScriptError::Unexpected(
+            "a stripped handshake was accepted".into(),
+        ));
     }
     Ok(())
 }

@@ -201,8 +201,22 @@ mod tests {
     #[test]
     fn split_at_every_byte_boundary() {
         let mut wire = Vec::new();
-        encode_frame(&mut wire, false, false, Opcode::Text, Some([7, 7, 7, 7]), b"frag");
-        encode_frame(&mut wire, true, false, Opcode::Continuation, None, &[1; 300]);
+        encode_frame(
+            &mut wire,
+            false,
+            false,
+            Opcode::Text,
+            Some([7, 7, 7, 7]),
+            b"frag",
+        );
+        encode_frame(
+            &mut wire,
+            true,
+            false,
+            Opcode::Continuation,
+            None,
+            &[1; 300],
+        );
         for cut in 1..wire.len() {
             let mut d = FrameDecoder::new();
             let mut payload_bytes = 0u64;

@@ -41,7 +41,11 @@ impl Inflater {
 
     /// Inflates compressed payload bytes of the current message, handing
     /// the output to `sink` in pieces.
-    pub fn feed(&mut self, mut input: &[u8], sink: &mut dyn FnMut(&[u8])) -> Result<(), InflateError> {
+    pub fn feed(
+        &mut self,
+        mut input: &[u8],
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), InflateError> {
         while !input.is_empty() {
             let before_in = self.d.total_in();
             let before_out = self.d.total_out();
@@ -161,7 +165,11 @@ mod tests {
                 let wire = def.compress(msg.as_bytes());
                 // fed in awkward pieces, as fragments and reads would cut it
                 let parts: Vec<&[u8]> = wire.chunks(7).collect();
-                assert_eq!(inflate_all(&mut inf, &parts), msg.as_bytes(), "no_ctx={no_ctx} i={i}");
+                assert_eq!(
+                    inflate_all(&mut inf, &parts),
+                    msg.as_bytes(),
+                    "no_ctx={no_ctx} i={i}"
+                );
             }
         }
     }

@@ -167,6 +167,10 @@ pub struct FrameEvent {
     /// Why the preview is partial or missing, when it is (e.g. inflation skipped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The first payload bytes (unmasked, inflated), up to the tap's
+    /// `capture` limit, for sinks that keep messages (HAR). Never in NDJSON.
+    #[serde(skip)]
+    pub payload: Option<Vec<u8>>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -347,6 +351,7 @@ mod tests {
                 close_reason: None,
                 injected: false,
                 note: None,
+                payload: Some(b"hello".to_vec()),
             }),
         );
         let v: serde_json::Value = serde_json::to_value(&ev).unwrap();
@@ -357,6 +362,7 @@ mod tests {
         assert_eq!(v["encoding"], "utf8");
         assert_eq!(v["ts"], "2023-11-14T22:13:20.123000Z");
         assert!(v.get("close_code").is_none());
+        assert!(v.get("payload").is_none());
         let back: Event = serde_json::from_value(v).unwrap();
         assert!(matches!(back.kind, EventKind::Frame(f) if f.opcode == Opcode::Reserved(3)));
     }
@@ -372,9 +378,16 @@ mod tests {
             }),
             ..Default::default()
         };
-        let ev = Event::conn(SystemTime::now(), ConnId(1), EventKind::Handshake(Box::new(hs)));
+        let ev = Event::conn(
+            SystemTime::now(),
+            ConnId(1),
+            EventKind::Handshake(Box::new(hs)),
+        );
         let v: serde_json::Value = serde_json::to_value(&ev).unwrap();
-        assert_eq!(v["client_request"]["headers"][1], serde_json::json!(["X", "1"]));
+        assert_eq!(
+            v["client_request"]["headers"][1],
+            serde_json::json!(["X", "1"])
+        );
         assert!(v["upstream_response"].is_null());
     }
 

@@ -24,16 +24,40 @@ pub enum TlsFailure {
 /// A failure to reach the upstream, with the target and the raw error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpstreamFailure {
-    Unresolved { host: String, detail: String },
-    Refused { addr: String },
-    Timeout { addr: String, after: Duration },
-    Unreachable { addr: String, detail: String },
-    Tcp { addr: String, detail: String },
-    Tls { addr: String, kind: TlsFailure, detail: String },
+    Unresolved {
+        host: String,
+        detail: String,
+    },
+    Refused {
+        addr: String,
+    },
+    Timeout {
+        addr: String,
+        after: Duration,
+    },
+    Unreachable {
+        addr: String,
+        detail: String,
+    },
+    Tcp {
+        addr: String,
+        detail: String,
+    },
+    Tls {
+        addr: String,
+        kind: TlsFailure,
+        detail: String,
+    },
     /// Connected, but the upstream never answered the request head.
-    NoResponse { addr: String, after: Duration },
+    NoResponse {
+        addr: String,
+        after: Duration,
+    },
     /// Connected, but the connection ended or broke before a response head.
-    Dropped { addr: String, detail: String },
+    Dropped {
+        addr: String,
+        detail: String,
+    },
 }
 
 impl UpstreamFailure {
@@ -63,7 +87,9 @@ impl UpstreamFailure {
         match self {
             UpstreamFailure::Unresolved { .. } => "upstream-unresolved",
             UpstreamFailure::Refused { .. } => "upstream-refused",
-            UpstreamFailure::Timeout { .. } | UpstreamFailure::NoResponse { .. } => "upstream-timeout",
+            UpstreamFailure::Timeout { .. } | UpstreamFailure::NoResponse { .. } => {
+                "upstream-timeout"
+            }
             UpstreamFailure::Unreachable { .. } | UpstreamFailure::Tcp { .. } => "upstream-refused",
             UpstreamFailure::Tls { .. } => "upstream-tls-failed",
             UpstreamFailure::Dropped { .. } => "upstream-refused",
@@ -158,7 +184,10 @@ mod tests {
         let r = UpstreamFailure::Refused {
             addr: "127.0.0.1:1".into(),
         };
-        assert_eq!((r.status(), r.code(), r.layer()), (502, "upstream-refused", "tcp"));
+        assert_eq!(
+            (r.status(), r.code(), r.layer()),
+            (502, "upstream-refused", "tcp")
+        );
         let t = UpstreamFailure::Timeout {
             addr: "127.0.0.1:1".into(),
             after: Duration::from_secs(2),
@@ -169,7 +198,9 @@ mod tests {
             kind: TlsFailure::NotTls,
             detail: "x".into(),
         };
-        assert!(tls.message().contains("not speaking TLS (ws:// vs wss://?)"));
+        assert!(tls
+            .message()
+            .contains("not speaking TLS (ws:// vs wss://?)"));
         assert!(r.client_body("ws://127.0.0.1:1").contains("refused"));
     }
 }

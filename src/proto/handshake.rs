@@ -120,7 +120,9 @@ impl Negotiated {
     /// True when an extension other than permessage-deflate was agreed:
     /// its use of RSV bits is then unknown and not judged.
     pub fn has_unknown_extension(&self) -> bool {
-        self.extensions.iter().any(|e| e.name != "permessage-deflate")
+        self.extensions
+            .iter()
+            .any(|e| e.name != "permessage-deflate")
     }
 }
 
@@ -154,8 +156,12 @@ mod tests {
             Ok(Parsed::Done(h, _)) => h,
             other => panic!("{other:?}"),
         };
-        assert!(is_attempt(&p(b"GET / HTTP/1.0\r\nSec-WebSocket-Key: x\r\n\r\n")));
-        assert!(is_attempt(&p(b"GET / HTTP/1.1\r\nUpgrade: WebSocket\r\n\r\n")));
+        assert!(is_attempt(&p(
+            b"GET / HTTP/1.0\r\nSec-WebSocket-Key: x\r\n\r\n"
+        )));
+        assert!(is_attempt(&p(
+            b"GET / HTTP/1.1\r\nUpgrade: WebSocket\r\n\r\n"
+        )));
         assert!(!is_attempt(&p(b"GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n")));
     }
 
@@ -176,7 +182,10 @@ mod tests {
 
     #[test]
     fn extension_lists() {
-        let e = parse_extensions(["permessage-deflate; client_max_window_bits, x-foo", "bar; a=\"1\""]);
+        let e = parse_extensions([
+            "permessage-deflate; client_max_window_bits, x-foo",
+            "bar; a=\"1\"",
+        ]);
         let names: Vec<_> = e.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["permessage-deflate", "x-foo", "bar"]);
         assert_eq!(e[2].params, vec![("a".to_string(), Some("1".to_string()))]);

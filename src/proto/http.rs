@@ -151,7 +151,9 @@ impl HeadError {
 
 fn describe(e: httparse::Error) -> String {
     match e {
-        httparse::Error::HeaderName => "invalid character in a header name (or a line without a colon)".into(),
+        httparse::Error::HeaderName => {
+            "invalid character in a header name (or a line without a colon)".into()
+        }
         httparse::Error::HeaderValue => "invalid character in a header value".into(),
         httparse::Error::NewLine => "invalid line ending".into(),
         httparse::Error::Status => "invalid status code".into(),
@@ -323,7 +325,11 @@ pub enum FramingError {
 
 fn content_length(h: &impl Headers) -> Result<Option<u64>, FramingError> {
     let mut found: Option<u64> = None;
-    for hd in h.headers().iter().filter(|hd| hd.name.eq_ignore_ascii_case("Content-Length")) {
+    for hd in h
+        .headers()
+        .iter()
+        .filter(|hd| hd.name.eq_ignore_ascii_case("Content-Length"))
+    {
         // A list like `5, 5` is allowed when all members agree (§6.3 item 5).
         for part in hd.value_str().split(',') {
             let part = part.trim();
@@ -345,7 +351,11 @@ fn content_length(h: &impl Headers) -> Result<Option<u64>, FramingError> {
 /// Some(true) when Transfer-Encoding is present and ends in chunked.
 fn chunked_final(h: &impl Headers) -> Option<bool> {
     let mut last: Option<String> = None;
-    for hd in h.headers().iter().filter(|hd| hd.name.eq_ignore_ascii_case("Transfer-Encoding")) {
+    for hd in h
+        .headers()
+        .iter()
+        .filter(|hd| hd.name.eq_ignore_ascii_case("Transfer-Encoding"))
+    {
         for part in hd.value_str().split(',') {
             let p = part.trim();
             if !p.is_empty() {
@@ -554,7 +564,10 @@ mod tests {
 
     #[test]
     fn partial_heads_are_incomplete_and_errors_map_to_statuses() {
-        assert_eq!(parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\n"), Ok(Parsed::Incomplete));
+        assert_eq!(
+            parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\n"),
+            Ok(Parsed::Incomplete)
+        );
         let e = parse_request_head(b"GET / HTTP/1.1\r\nNoColon\r\n\r\n").unwrap_err();
         assert_eq!(e.status(), 400);
         let mut many = b"GET / HTTP/1.1\r\n".to_vec();
@@ -582,7 +595,10 @@ mod tests {
 
     #[test]
     fn body_framing() {
-        assert_eq!(request_body(&req(b"GET / HTTP/1.1\r\n\r\n")), Ok(BodyKind::Empty));
+        assert_eq!(
+            request_body(&req(b"GET / HTTP/1.1\r\n\r\n")),
+            Ok(BodyKind::Empty)
+        );
         assert_eq!(
             request_body(&req(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n")),
             Ok(BodyKind::Length(10))
@@ -592,15 +608,21 @@ mod tests {
             Ok(BodyKind::Length(5))
         );
         assert_eq!(
-            request_body(&req(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n")),
+            request_body(&req(
+                b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"
+            )),
             Err(FramingError::ConflictingLengths)
         );
         assert_eq!(
-            request_body(&req(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")),
+            request_body(&req(
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+            )),
             Ok(BodyKind::Chunked)
         );
         assert_eq!(
-            request_body(&req(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n")),
+            request_body(&req(
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+            )),
             Err(FramingError::LengthAndChunked)
         );
         let res = |raw: &[u8]| match parse_response_head(raw) {

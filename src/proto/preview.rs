@@ -58,12 +58,24 @@ mod tests {
     fn text_binary_and_cut_characters() {
         assert_eq!(render(b"hi", true, false), ("hi".into(), Encoding::Utf8));
         assert_eq!(render(b"hi", false, false), ("hi".into(), Encoding::Utf8));
-        assert_eq!(render(&[0, 1, 0xff], false, false), ("0001ff".into(), Encoding::Hex));
-        assert_eq!(render(b"a\x01", false, false), ("6101".into(), Encoding::Hex));
-        assert_eq!(render(b"a\x01", true, false), ("a\x01".into(), Encoding::Utf8));
+        assert_eq!(
+            render(&[0, 1, 0xff], false, false),
+            ("0001ff".into(), Encoding::Hex)
+        );
+        assert_eq!(
+            render(b"a\x01", false, false),
+            ("6101".into(), Encoding::Hex)
+        );
+        assert_eq!(
+            render(b"a\x01", true, false),
+            ("a\x01".into(), Encoding::Utf8)
+        );
         // "é" is c3 a9: cut after c3
         assert_eq!(render(b"ab\xc3", true, true), ("ab".into(), Encoding::Utf8));
-        assert_eq!(render(b"ab\xc3", true, false), ("6162c3".into(), Encoding::Hex));
+        assert_eq!(
+            render(b"ab\xc3", true, false),
+            ("6162c3".into(), Encoding::Hex)
+        );
         assert_eq!(unhex("6162c3"), Some(b"ab\xc3".to_vec()));
         assert_eq!(unhex("6"), None);
     }

@@ -101,7 +101,11 @@ pub fn summarize(
             } else {
                 ("server", s, c)
             };
-            let other = if first == "client" { "server" } else { "client" };
+            let other = if first == "client" {
+                "server"
+            } else {
+                "client"
+            };
             (
                 "close-handshake".to_string(),
                 format!(
@@ -271,7 +275,12 @@ mod tests {
     fn clean_close_handshake_has_no_findings() {
         let (mut c, mut s) = taps();
         send(&mut c, t0(), Opcode::Close, &1000u16.to_be_bytes());
-        send(&mut s, t0() + Duration::from_millis(1), Opcode::Close, &1000u16.to_be_bytes());
+        send(
+            &mut s,
+            t0() + Duration::from_millis(1),
+            Opcode::Close,
+            &1000u16.to_be_bytes(),
+        );
         let (sum, findings) = summarize(
             &c,
             &s,
@@ -279,7 +288,12 @@ mod tests {
             &ctx(t0() + Duration::from_secs(1)),
         );
         assert_eq!(sum.reason, "close-handshake");
-        assert!(sum.detail.starts_with("client closed with 1000 (Normal Closure)"), "{}", sum.detail);
+        assert!(
+            sum.detail
+                .starts_with("client closed with 1000 (Normal Closure)"),
+            "{}",
+            sum.detail
+        );
         assert!(findings.is_empty());
         assert_eq!((sum.frames_from_client, sum.frames_from_server), (1, 1));
     }
@@ -298,7 +312,11 @@ mod tests {
         assert_eq!(sum.reason, "server-closed");
         let codes: Vec<_> = findings.iter().map(|f| f.code.as_str()).collect();
         assert_eq!(codes, ["abnormal-closure", "idle-timeout-suspected"]);
-        assert!(findings[1].message.contains("60s 400ms"), "{}", findings[1].message);
+        assert!(
+            findings[1].message.contains("1m 400ms"),
+            "{}",
+            findings[1].message
+        );
         assert!(findings[1].hint.contains("proxy_read_timeout"));
     }
 
@@ -310,7 +328,12 @@ mod tests {
         assert!(!matches_limit(Duration::from_secs(30), l));
         assert!(!matches_limit(Duration::from_secs(70), l));
         assert!(idle_finding(Duration::from_secs(45), &[], "server").is_none());
-        let f = idle_finding(Duration::from_millis(3_100), &[Duration::from_secs(3)], "server").unwrap();
+        let f = idle_finding(
+            Duration::from_millis(3_100),
+            &[Duration::from_secs(3)],
+            "server",
+        )
+        .unwrap();
         assert!(f.message.contains("you named"));
         assert!(idle_finding(Duration::from_millis(100_300), &[], "server")
             .unwrap()

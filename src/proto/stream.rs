@@ -25,7 +25,17 @@ const MAX_INFLATED_PER_MESSAGE: u64 = 256 * 1024 * 1024;
 #[derive(Debug, Clone, Default)]
 pub struct TapConfig {
     pub max_preview: usize,
+    /// Payload bytes per frame to attach to events for sinks that keep
+    /// messages (HAR); 0 attaches none.
+    pub capture: usize,
     pub negotiated: Negotiated,
+}
+
+impl TapConfig {
+    /// Bytes of each payload kept while a frame is read.
+    fn keep(&self) -> usize {
+        self.max_preview.max(self.capture)
+    }
 }
 
 /// Counters for the close summary.
@@ -284,7 +294,7 @@ impl StreamTap {
         let control = h.opcode.is_control();
         let inflate = cur.compressed && self.inflate_dead.is_none();
         let validate = cur.text && !cur.compressed && !self.utf8_failed;
-        let max = self.cfg.max_preview;
+        let max = self.cfg.keep();
         // Only payloads that must be read whole (text to validate, compressed
         // to inflate) are unmasked in full; others just their preview.
         let need = if inflate || validate {
@@ -325,7 +335,7 @@ impl StreamTap {
         now: SystemTime,
         out: &mut Vec<Event>,
     ) {
-        let max = self.cfg.max_preview;
+        let max = self.cfg.keep();
         if control {
             let room = 125usize.saturating_sub(self.control.len());
             self.control.extend_from_slice(&buf[..buf.len().min(room)]);
@@ -345,10 +355,12 @@ impl StreamTap {
     /// Runs compressed bytes (or, with `end`, the message tail) through the
     /// inflater, keeping a preview and checking UTF-8 of text on the way.
     fn inflate(&mut self, buf: &[u8], end: bool, now: SystemTime, out: &mut Vec<Event>) {
-        let max = self.cfg.max_preview;
-        let (Some(inflater), Some(cur), Some(msg)) =
-            (self.inflater.as_mut(), self.current.as_mut(), self.message.as_mut())
-        else {
+        let max = self.cfg.keep();
+        let (Some(inflater), Some(cur), Some(msg)) = (
+            self.inflater.as_mut(),
+            self.current.as_mut(),
+            self.message.as_mut(),
+        ) else {
             return;
         };
         if msg.inflate_skipped {
@@ -471,19 +483,18 @@ impl StreamTap {
         if cur.compressed && note.is_none() {
             note = self.inflate_dead.clone();
         }
-        let shown = self.preview.len() as u64;
+        let kept = &self.preview[..self.preview.len().min(self.cfg.max_preview)];
+        let shown = kept.len() as u64;
         let total = if cur.compressed { cur.inflated } else { h.len };
-        let preview_bytes: &[u8] = if note.is_some() && cur.compressed && cur.inflated == 0 {
-            &[]
-        } else {
-            &self.preview
-        };
-        let (preview, encoding) = if preview_bytes.is_empty() {
+        let unavailable = note.is_some() && cur.compressed && cur.inflated == 0;
+        let (preview, encoding) = if kept.is_empty() || unavailable {
             (String::new(), Encoding::Utf8)
         } else {
-            preview::render(preview_bytes, cur.text, shown < total)
+            preview::render(kept, cur.text, shown < total)
         };
         let truncated = shown < total || (cur.compressed && note.is_some());
+        let payload = (self.cfg.capture > 0 && !unavailable)
+            .then(|| self.preview[..self.preview.len().min(self.cfg.capture)].to_vec());
         if ends_message {
             self.message = None;
             self.stats.messages += 1;
@@ -512,6 +523,7 @@ impl StreamTap {
                 close_reason,
                 injected: false,
                 note,
+                payload,
             }),
         ));
     }
@@ -533,6 +545,7 @@ mod tests {
             dir,
             TapConfig {
                 max_preview: 16,
+                capture: 0,
                 negotiated: Negotiated::default(),
             },
         )
@@ -577,7 +590,18 @@ mod tests {
         let (frames, findings) = run(&mut tap(Dir::ClientToServer), &wire);
         assert!(findings.is_empty(), "{findings:?}");
         let ops: Vec<_> = frames.iter().map(|f| f.opcode.name()).collect();
-        assert_eq!(ops, ["text", "binary", "ping", "pong", "text", "continuation", "close"]);
+        assert_eq!(
+            ops,
+            [
+                "text",
+                "binary",
+                "ping",
+                "pong",
+                "text",
+                "continuation",
+                "close"
+            ]
+        );
         assert!(frames.iter().all(|f| f.masked));
         assert_eq!(frames[0].preview, "abc");
         assert!(!frames[4].fin && frames[5].fin);
@@ -609,7 +633,10 @@ mod tests {
 
     #[test]
     fn binary_preview_is_hex() {
-        let (frames, _) = run(&mut tap(Dir::ServerToClient), &frame(Opcode::Binary, true, None, &[0, 1, 254]));
+        let (frames, _) = run(
+            &mut tap(Dir::ServerToClient),
+            &frame(Opcode::Binary, true, None, &[0, 1, 254]),
+        );
         assert_eq!(frames[0].preview, "0001fe");
         assert_eq!(frames[0].encoding, Encoding::Hex);
         assert!(!frames[0].truncated);
@@ -617,7 +644,9 @@ mod tests {
 
     fn violations(dir: Dir, wire: &[u8]) -> Vec<String> {
         let (_, f) = run(&mut tap(dir), wire);
-        f.iter().map(|f| f.observed.clone().unwrap_or_default()).collect()
+        f.iter()
+            .map(|f| f.observed.clone().unwrap_or_default())
+            .collect()
     }
 
     #[test]
@@ -629,15 +658,31 @@ mod tests {
             assert_eq!(v.len(), 1, "{want}: {v:?}");
             assert!(v[0].contains(want), "{want}: {v:?}");
         };
-        one(c, frame(Opcode::Text, true, None, b"x"), "unmasked client frame");
+        one(
+            c,
+            frame(Opcode::Text, true, None, b"x"),
+            "unmasked client frame",
+        );
         one(s, frame(Opcode::Text, true, M, b"x"), "masked server frame");
         let mut rsv = frame(Opcode::Text, true, None, b"x");
         rsv[0] |= 0x40;
         one(s, rsv, "RSV1 set without a negotiated extension");
-        one(s, frame(Opcode::Ping, true, None, &[0; 126]), "control frame longer than 125");
+        one(
+            s,
+            frame(Opcode::Ping, true, None, &[0; 126]),
+            "control frame longer than 125",
+        );
         one(s, frame(Opcode::Ping, false, None, b""), "fragmented ping");
-        one(s, frame(Opcode::Reserved(3), true, None, b""), "reserved opcode 0x3");
-        one(s, frame(Opcode::Continuation, true, None, b"x"), "continuation frame without");
+        one(
+            s,
+            frame(Opcode::Reserved(3), true, None, b""),
+            "reserved opcode 0x3",
+        );
+        one(
+            s,
+            frame(Opcode::Continuation, true, None, b"x"),
+            "continuation frame without",
+        );
         let mut inter = frame(Opcode::Text, false, None, b"a");
         inter.extend(frame(Opcode::Binary, true, None, b"b"));
         one(s, inter, "new binary message before");
@@ -646,7 +691,11 @@ mod tests {
         split_bad.extend(frame(Opcode::Continuation, true, None, b"x"));
         one(s, split_bad, "invalid UTF-8");
         one(s, frame(Opcode::Close, true, None, &[3]), "1-byte payload");
-        one(s, frame(Opcode::Close, true, None, &1005u16.to_be_bytes()), "invalid close code 1005");
+        one(
+            s,
+            frame(Opcode::Close, true, None, &1005u16.to_be_bytes()),
+            "invalid close code 1005",
+        );
         let mut after = frame(Opcode::Close, true, None, &1000u16.to_be_bytes());
         after.extend(frame(Opcode::Text, true, None, b"late"));
         one(s, after, "text frame after its sender's close");
@@ -689,6 +738,7 @@ mod tests {
             dir,
             TapConfig {
                 max_preview: 64,
+                capture: 0,
                 negotiated: Negotiated {
                     deflate: Some(DeflateParams {
                         server_no_context_takeover: no_ctx,
@@ -708,7 +758,9 @@ mod tests {
             let mut d = Deflater::new(no_ctx);
             let mut t = deflate_tap(Dir::ClientToServer, no_ctx);
             let mut wire = Vec::new();
-            let texts: Vec<String> = (0..5).map(|i| format!("hello number {i} hello hello")).collect();
+            let texts: Vec<String> = (0..5)
+                .map(|i| format!("hello number {i} hello hello"))
+                .collect();
             for text in &texts {
                 let c = d.compress(text.as_bytes());
                 encode_frame(&mut wire, true, true, Opcode::Text, M, &c);

@@ -9,7 +9,11 @@ pub enum Violation {
     ClientUnmasked,
     ServerMasked,
     /// RSV bits set that no negotiated extension defines.
-    ReservedBits { rsv1: bool, rsv2: bool, rsv3: bool },
+    ReservedBits {
+        rsv1: bool,
+        rsv2: bool,
+        rsv3: bool,
+    },
     /// RSV1 (permessage-deflate) on a control or continuation frame.
     Rsv1Misplaced(Opcode),
     ControlTooLong(Opcode, u64),
@@ -68,7 +72,9 @@ impl Violation {
             }
             Violation::ControlFragmented(op) => format!("fragmented {op} frame (FIN clear)"),
             Violation::ReservedOpcode(b) => format!("reserved opcode 0x{b:x}"),
-            Violation::OrphanContinuation => "continuation frame without a message to continue".into(),
+            Violation::OrphanContinuation => {
+                "continuation frame without a message to continue".into()
+            }
             Violation::InterleavedMessage(op) => {
                 format!("new {op} message before the previous fragmented message finished")
             }
@@ -113,7 +119,11 @@ impl Violation {
             format!("{} sent {}", dir.sender(), self.observed()),
             self.hint(),
         )
-        .observed(format!("frame {frame_no} from the {}: {}", dir.sender(), self.observed()))
+        .observed(format!(
+            "frame {frame_no} from the {}: {}",
+            dir.sender(),
+            self.observed()
+        ))
         .view(dir.sender())
     }
 }

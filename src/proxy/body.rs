@@ -75,7 +75,9 @@ where
             let room = c.limit.saturating_sub(c.buf.len());
             c.buf.extend_from_slice(&data[..take.min(room)]);
         }
-        dst.write_all(&data[..take]).await.map_err(BodyError::Write)?;
+        dst.write_all(&data[..take])
+            .await
+            .map_err(BodyError::Write)?;
         src.consume(take);
         copied += take as u64;
         let done = match kind {
@@ -108,7 +110,10 @@ mod tests {
     #[tokio::test]
     async fn stops_at_the_end_of_each_framing() {
         let (r, out, rest) = run(b"helloNEXT", BodyKind::Length(5)).await;
-        assert_eq!((r.unwrap(), out.as_slice(), rest.as_slice()), (5, &b"hello"[..], &b"NEXT"[..]));
+        assert_eq!(
+            (r.unwrap(), out.as_slice(), rest.as_slice()),
+            (5, &b"hello"[..], &b"NEXT"[..])
+        );
         let body = b"3\r\nabc\r\n0\r\n\r\n";
         let mut input = body.to_vec();
         input.extend_from_slice(b"NEXT");

@@ -156,7 +156,10 @@ impl Conn {
                     )
                 }
                 Err(ReadHeadError::Timeout(_, 0)) if !first => {
-                    break End::new("idle-keepalive", "no further request on the keep-alive connection")
+                    break End::new(
+                        "idle-keepalive",
+                        "no further request on the keep-alive connection",
+                    )
                 }
                 Err(e) => break self.reject(e).await,
             };
@@ -273,7 +276,11 @@ impl Conn {
 
         let mut up_req = req.clone();
         up_req.target = self.shared.cfg.upstream.map_target(&req.target);
-        let up_raw = if up_req == req { raw } else { up_req.to_bytes() };
+        let up_raw = if up_req == req {
+            raw
+        } else {
+            up_req.to_bytes()
+        };
         let mut hs = Handshake {
             client_request: Some(req.view()),
             ..Default::default()
@@ -339,7 +346,9 @@ impl Conn {
             Ok(k) => k,
             Err(e) => {
                 self.emit(EventKind::Error(ErrorEvent {
-                    message: format!("the upstream's response cannot be framed: {e}; relaying until it closes"),
+                    message: format!(
+                        "the upstream's response cannot be framed: {e}; relaying until it closes"
+                    ),
                 }))
                 .await;
                 BodyKind::UntilClose
@@ -486,7 +495,13 @@ impl Conn {
         let Some(up) = self.upstream.as_mut() else {
             return Step::Done(End::new("error", "upstream connection lost"));
         };
-        let r = tunnel_pair(&mut self.client_rd, &mut up.wr, &mut up.rd, &mut self.client_wr).await;
+        let r = tunnel_pair(
+            &mut self.client_rd,
+            &mut up.wr,
+            &mut up.rd,
+            &mut self.client_wr,
+        )
+        .await;
         self.drop_upstream();
         Step::Done(End::new("tunnel-closed", r))
     }
@@ -508,6 +523,7 @@ impl Conn {
         let opened = SystemTime::now();
         let cfg = TapConfig {
             max_preview: shared.cfg.max_preview,
+            capture: shared.cfg.capture,
             negotiated: Negotiated::from_response(&client_resp),
         };
         let mut c2s = StreamTap::new(id, Dir::ClientToServer, cfg.clone());
@@ -608,7 +624,9 @@ where
     let (a, b) = tokio::join!(up, down);
     format!(
         "tunnel ended: client side {}, server side {}",
-        a.map(|n| format!("{n} bytes")).unwrap_or_else(|e| e.to_string()),
-        b.map(|n| format!("{n} bytes")).unwrap_or_else(|e| e.to_string())
+        a.map(|n| format!("{n} bytes"))
+            .unwrap_or_else(|e| e.to_string()),
+        b.map(|n| format!("{n} bytes"))
+            .unwrap_or_else(|e| e.to_string())
     )
 }

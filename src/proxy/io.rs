@@ -172,6 +172,9 @@ mod tests {
         big.extend(std::iter::repeat_n(b'a', MAX_HEAD_BYTES + 10));
         let mut r = Inbound::new(&big[..]);
         let e = r.read_head(parse_request_head).await.unwrap_err();
-        assert!(matches!(e, ReadHeadError::Head(HeadError::TooLarge)), "{e:?}");
+        assert!(
+            matches!(e, ReadHeadError::Head(HeadError::TooLarge)),
+            "{e:?}"
+        );
     }
 }

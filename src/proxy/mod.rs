@@ -28,6 +28,8 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     pub upstream: UpstreamUrl,
     pub max_preview: usize,
+    /// Payload bytes per frame attached to events for the HAR sink (0: none).
+    pub capture: usize,
     pub connect_timeout: Duration,
     /// How long a client may take to send a complete request head.
     pub header_timeout: Duration,
@@ -46,6 +48,7 @@ impl ProxyConfig {
             listen,
             upstream,
             max_preview: 256,
+            capture: 0,
             connect_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
@@ -157,12 +160,13 @@ impl Proxy {
         }
         drop(self.listener);
         let grace = self.shared.cfg.grace;
-        let drained = tokio::time::timeout(grace, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
-            tracing::info!(open = tasks.len(), "grace period over; closing open connections");
+            tracing::info!(
+                open = tasks.len(),
+                "grace period over; closing open connections"
+            );
             tasks.shutdown().await;
         }
     }

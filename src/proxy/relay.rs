@@ -3,7 +3,9 @@
 //! its direction's tap. A fixed buffer per direction; a full event channel
 //! or a slow reader makes the pump wait, never buffer more.
 
-use std::time::SystemTime;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -12,6 +14,11 @@ use crate::bus::EventTx;
 use crate::proto::event::{Dir, Event};
 use crate::proto::session::{RelayEnd, StreamEnd};
 use crate::proto::stream::StreamTap;
+
+/// Once one side has closed its half, the other gets this long without
+/// sending anything before wstap closes the connection: a peer that never
+/// closes must not hold the sockets forever.
+pub const LINGER: Duration = Duration::from_secs(3);
 
 /// Both sides of an upgraded connection.
 pub struct Sides<CR, CW, UR, UW> {
@@ -41,21 +48,41 @@ where
         up_rd,
         up_wr,
     } = sides;
-    let up = pump(client_rd, up_wr, c2s, events);
-    let down = pump(up_rd, client_wr, s2c, events);
+    let (up_seen, down_seen) = (AtomicU64::new(0), AtomicU64::new(0));
+    let up = pump(client_rd, up_wr, c2s, events, &up_seen);
+    let down = pump(up_rd, client_wr, s2c, events, &down_seen);
     tokio::pin!(up, down);
     tokio::select! {
         end = &mut up => {
             if end == StreamEnd::Eof {
-                down.await;
+                linger(down, &down_seen).await;
             }
             RelayEnd::Peer(Dir::ClientToServer, end)
         }
         end = &mut down => {
             if end == StreamEnd::Eof {
-                up.await;
+                linger(up, &up_seen).await;
             }
             RelayEnd::Peer(Dir::ServerToClient, end)
+        }
+    }
+}
+
+/// Lets the remaining direction run while it keeps sending.
+async fn linger<F: Future>(pump: F, seen: &AtomicU64) {
+    tokio::pin!(pump);
+    let mut last = seen.load(Ordering::Relaxed);
+    loop {
+        tokio::select! {
+            _ = &mut pump => return,
+            _ = tokio::time::sleep(LINGER) => {
+                let now = seen.load(Ordering::Relaxed);
+                if now == last {
+                    tracing::debug!("the other side did not close within {LINGER:?}; closing");
+                    return;
+                }
+                last = now;
+            }
         }
     }
 }
@@ -66,6 +93,7 @@ async fn pump<R, W>(
     wr: &mut W,
     tap: &mut StreamTap,
     events: &EventTx,
+    seen: &AtomicU64,
 ) -> StreamEnd
 where
     R: AsyncRead + Unpin,
@@ -85,6 +113,7 @@ where
             }
         }
         let data = rd.buffered();
+        seen.fetch_add(data.len() as u64, Ordering::Relaxed);
         tap.feed(data, SystemTime::now(), &mut out);
         let n = data.len();
         let written = async {

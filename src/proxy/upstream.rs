@@ -87,10 +87,14 @@ impl FromStr for UpstreamUrl {
             None => (rest, ""),
         };
         if path.contains(['?', '#']) {
-            return Err(err("only a path prefix may follow the host (no query or fragment)"));
+            return Err(err(
+                "only a path prefix may follow the host (no query or fragment)",
+            ));
         }
         if authority.contains('@') {
-            return Err(err("credentials in the URL are not supported; use --set-request-header"));
+            return Err(err(
+                "credentials in the URL are not supported; use --set-request-header",
+            ));
         }
         let (host, port) = split_host_port(authority).ok_or_else(|| err("bad host or port"))?;
         if host.is_empty() {
@@ -149,7 +153,13 @@ pub fn authority(host: &str, port: u16) -> String {
 
 impl fmt::Display for UpstreamUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}{}", self.scheme.as_str(), self.authority(), self.path)
+        write!(
+            f,
+            "{}://{}{}",
+            self.scheme.as_str(),
+            self.authority(),
+            self.path
+        )
     }
 }
 
@@ -260,7 +270,11 @@ impl Connector {
         })
     }
 
-    async fn resolve(&self, ep: &Endpoint, deadline: Instant) -> Result<Vec<SocketAddr>, UpstreamFailure> {
+    async fn resolve(
+        &self,
+        ep: &Endpoint,
+        deadline: Instant,
+    ) -> Result<Vec<SocketAddr>, UpstreamFailure> {
         let bare = ep.host.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = bare.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, ep.port)]);
@@ -324,10 +338,12 @@ fn classify_tcp(addr: String, e: &std::io::Error) -> UpstreamFailure {
             addr,
             after: Duration::ZERO,
         },
-        ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => UpstreamFailure::Unreachable {
-            addr,
-            detail: e.to_string(),
-        },
+        ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
+            UpstreamFailure::Unreachable {
+                addr,
+                detail: e.to_string(),
+            }
+        }
         _ => UpstreamFailure::Tcp {
             addr,
             detail: e.to_string(),
@@ -366,14 +382,27 @@ mod tests {
     #[test]
     fn parses_urls() {
         let u: UpstreamUrl = "ws://127.0.0.1:5173".parse().unwrap();
-        assert_eq!((u.scheme, u.host.as_str(), u.port, u.path.as_str()), (Scheme::Ws, "127.0.0.1", 5173, ""));
+        assert_eq!(
+            (u.scheme, u.host.as_str(), u.port, u.path.as_str()),
+            (Scheme::Ws, "127.0.0.1", 5173, "")
+        );
         let u: UpstreamUrl = "wss://example.com/api/".parse().unwrap();
         assert_eq!((u.port, u.path.as_str()), (443, "/api"));
         assert_eq!(u.map_target("/ws?x=1"), "/api/ws?x=1");
         assert_eq!(u.to_string(), "wss://example.com:443/api");
         let u: UpstreamUrl = "http://[::1]:8080".parse().unwrap();
-        assert_eq!((u.host.as_str(), u.authority()), ("::1", "[::1]:8080".to_string()));
-        for bad in ["127.0.0.1:80", "ftp://x", "ws://", "ws://h:99999", "ws://u@h", "ws://h/p?q"] {
+        assert_eq!(
+            (u.host.as_str(), u.authority()),
+            ("::1", "[::1]:8080".to_string())
+        );
+        for bad in [
+            "127.0.0.1:80",
+            "ftp://x",
+            "ws://",
+            "ws://h:99999",
+            "ws://u@h",
+            "ws://h/p?q",
+        ] {
             assert!(bad.parse::<UpstreamUrl>().is_err(), "{bad}");
         }
     }

@@ -59,7 +59,10 @@ impl Slot {
         if let Err(e) = f(self.sink.as_mut()) {
             self.failed = true;
             tracing::error!(sink = self.sink.name(), error = %e, "output failed during {what}; it is switched off");
-            eprintln!("wstap: {} output failed ({e}); it is switched off", self.sink.name());
+            eprintln!(
+                "wstap: {} output failed ({e}); it is switched off",
+                self.sink.name()
+            );
         }
     }
 }
@@ -67,7 +70,10 @@ impl Slot {
 /// Starts the dispatcher thread: it feeds every event to every sink,
 /// flushes within [`FLUSH_EVERY`] of an event and at once when a connection
 /// ends, and finishes the sinks when every sender is gone.
-pub fn spawn_dispatcher(mut rx: EventRx, sinks: Vec<Box<dyn Sink>>) -> io::Result<JoinHandle<DispatchReport>> {
+pub fn spawn_dispatcher(
+    mut rx: EventRx,
+    sinks: Vec<Box<dyn Sink>>,
+) -> io::Result<JoinHandle<DispatchReport>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()?;
@@ -76,7 +82,10 @@ pub fn spawn_dispatcher(mut rx: EventRx, sinks: Vec<Box<dyn Sink>>) -> io::Resul
         .spawn(move || {
             let mut slots: Vec<Slot> = sinks
                 .into_iter()
-                .map(|sink| Slot { sink, failed: false })
+                .map(|sink| Slot {
+                    sink,
+                    failed: false,
+                })
                 .collect();
             for s in &mut slots {
                 s.run("start", |k| k.begin());
@@ -92,7 +101,9 @@ pub fn spawn_dispatcher(mut rx: EventRx, sinks: Vec<Box<dyn Sink>>) -> io::Resul
                         None => rx.recv_many(&mut batch, 256).await,
                         Some(since) => {
                             let deadline = tokio::time::Instant::from_std(since + FLUSH_EVERY);
-                            match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, 256)).await {
+                            match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, 256))
+                                .await
+                            {
                                 Ok(n) => n,
                                 Err(_) => {
                                     for s in &mut slots {

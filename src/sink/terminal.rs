@@ -101,14 +101,30 @@ pub fn show_preview(f: &FrameEvent) -> String {
 }
 
 fn write_request(out: &mut Vec<String>, label: &str, v: &RequestView, st: &Style) {
-    out.push(format!("    {}  {} {} {}", st.dim(label), v.method, v.target, v.version));
+    out.push(format!(
+        "    {}  {} {} {}",
+        st.dim(label),
+        v.method,
+        v.target,
+        v.version
+    ));
     for (n, val) in &v.headers {
-        out.push(format!("    {:width$}  {n}: {val}", "", width = label.chars().count()));
+        out.push(format!(
+            "    {:width$}  {n}: {val}",
+            "",
+            width = label.chars().count()
+        ));
     }
 }
 
 fn write_response(out: &mut Vec<String>, label: &str, v: &ResponseView, st: &Style) {
-    out.push(format!("    {}  {} {} {}", st.dim(label), v.version, v.status, v.reason));
+    out.push(format!(
+        "    {}  {} {} {}",
+        st.dim(label),
+        v.version,
+        v.status,
+        v.reason
+    ));
     let pad = label.chars().count();
     for (n, val) in &v.headers {
         out.push(format!("    {:pad$}  {n}: {val}", ""));
@@ -134,7 +150,10 @@ fn handshake_block(h: &Handshake, st: &Style) -> (String, Vec<String>) {
         write_request(&mut lines, "client → wstap ", r, st);
     }
     match (&h.upstream_request, &h.client_request) {
-        (Some(u), Some(c)) if u == c => lines.push(format!("    {}  (forwarded unchanged)", st.dim("wstap → server "))),
+        (Some(u), Some(c)) if u == c => lines.push(format!(
+            "    {}  (forwarded unchanged)",
+            st.dim("wstap → server ")
+        )),
         (Some(u), _) => write_request(&mut lines, "wstap → server ", u, st),
         (None, _) => lines.push(format!("    {}  (not sent)", st.dim("wstap → server "))),
     }
@@ -143,7 +162,10 @@ fn handshake_block(h: &Handshake, st: &Style) -> (String, Vec<String>) {
         None => lines.push(format!("    {}  (no response)", st.dim("server → wstap "))),
     }
     match (&h.client_response, &h.upstream_response) {
-        (Some(c), Some(u)) if c == u => lines.push(format!("    {}  (passed back unchanged)", st.dim("wstap → client "))),
+        (Some(c), Some(u)) if c == u => lines.push(format!(
+            "    {}  (passed back unchanged)",
+            st.dim("wstap → client ")
+        )),
         (Some(c), _) => write_response(&mut lines, "wstap → client ", c, st),
         (None, _) => {}
     }
@@ -186,7 +208,11 @@ fn frame_line(f: &FrameEvent, st: &Style) -> String {
         } else {
             format!(" {reason:?}")
         };
-        format!("{code} {}{reason}: {}", close_code::name(code), close_code::meaning(code))
+        format!(
+            "{code} {}{reason}: {}",
+            close_code::name(code),
+            close_code::meaning(code)
+        )
     } else {
         show_preview(f)
     };
@@ -210,7 +236,9 @@ impl TerminalSink {
     }
 
     fn finding(&mut self, ts: SystemTime, conn: Option<ConnId>, f: &Finding) -> io::Result<()> {
-        let head = self.style.severity(f.severity, &format!("! {} {}", f.severity, f.code));
+        let head = self
+            .style
+            .severity(f.severity, &format!("! {} {}", f.severity, f.code));
         self.line(ts, conn, &format!("{head}: {}", f.message))?;
         if let Some(o) = &f.observed {
             writeln!(self.out, "{:>18}  seen: {o}", "")?;
@@ -260,7 +288,9 @@ impl Sink for TerminalSink {
                 self.line(ts, conn, &text)
             }
             EventKind::Error(e) => {
-                let text = self.style.severity(Severity::Error, &format!("error: {}", e.message));
+                let text = self
+                    .style
+                    .severity(Severity::Error, &format!("error: {}", e.message));
                 self.line(ts, conn, &text)
             }
             EventKind::Close(c) => {
@@ -346,9 +376,14 @@ mod tests {
             close_reason: Some("bye".into()),
             injected: false,
             note: None,
+            payload: None,
         };
-        t.event(&Event::conn(SystemTime::UNIX_EPOCH, ConnId(7), EventKind::Frame(f)))
-            .unwrap();
+        t.event(&Event::conn(
+            SystemTime::UNIX_EPOCH,
+            ConnId(7),
+            EventKind::Frame(f),
+        ))
+        .unwrap();
         t.flush().unwrap();
         let s = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         assert!(s.starts_with("00:00:00.000   #7 ← close"), "{s}");

@@ -43,7 +43,8 @@ pub fn load_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>
 
 /// A client config for upstream connections.
 pub fn client_config(opts: &TrustOptions) -> Result<Arc<ClientConfig>, TlsError> {
-    let builder = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder =
+        ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let mut config = if opts.insecure {
         builder
             .dangerous()
@@ -67,7 +68,8 @@ pub fn client_config(opts: &TrustOptions) -> Result<Arc<ClientConfig>, TlsError>
 /// (which rustls matches against IP SANs and does not send as SNI).
 pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    ServerName::try_from(bare.to_string()).map_err(|e| format!("{host:?} is not a valid TLS server name: {e}"))
+    ServerName::try_from(bare.to_string())
+        .map_err(|e| format!("{host:?} is not a valid TLS server name: {e}"))
 }
 
 /// `--insecure`: every certificate passes; signatures are still checked
@@ -93,7 +95,12 @@ impl ServerCertVerifier for AcceptAnything {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -102,7 +109,12 @@ impl ServerCertVerifier for AcceptAnything {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -1,0 +1,406 @@
+//! Shared test harness: an in-process proxy with a collecting sink, echo
+//! and scripted raw upstreams on 127.0.0.1:0, a WebSocket client, the
+//! binary runner, and the e2e peer gate. Every await has a timeout.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::WebSocketStream;
+use wstap::bus;
+use wstap::demo::echo::{self, EchoOptions};
+use wstap::proto::event::{
+    CloseSummary, Event, EventKind, Finding, FrameEvent, Handshake, HttpExchange,
+};
+use wstap::proxy::{Proxy, ProxyConfig};
+use wstap::sink::collect::{CollectSink, Collected};
+use wstap::sink::spawn_dispatcher;
+use wstap::tls::client::{client_config, TrustOptions};
+
+/// The longest any single step of a test may take.
+pub const STEP: Duration = Duration::from_secs(20);
+
+/// Awaits `f`, failing the test with `what` if it takes longer than STEP.
+pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(STEP, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {STEP:?} waiting for {what}"),
+    }
+}
+
+/// A proxy running in this process, its events collected.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub events: Collected,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    dispatcher: Option<std::thread::JoinHandle<wstap::sink::DispatchReport>>,
+}
+
+impl TestProxy {
+    pub async fn start(upstream: &str) -> TestProxy {
+        Self::start_with(upstream, |_| {}).await
+    }
+
+    pub async fn start_with(upstream: &str, tweak: impl FnOnce(&mut ProxyConfig)) -> TestProxy {
+        Self::start_full(upstream, tweak, TrustOptions::default()).await
+    }
+
+    pub async fn start_full(
+        upstream: &str,
+        tweak: impl FnOnce(&mut ProxyConfig),
+        trust: TrustOptions,
+    ) -> TestProxy {
+        let mut cfg = ProxyConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            upstream.parse().expect("upstream URL"),
+        );
+        cfg.grace = Duration::from_millis(500);
+        tweak(&mut cfg);
+        let events = Collected::default();
+        let (tx, rx) = bus::channel(bus::DEFAULT_CAPACITY, false);
+        let dispatcher = spawn_dispatcher(rx, vec![Box::new(CollectSink(events.clone()))]).unwrap();
+        let proxy = Proxy::bind(cfg, client_config(&trust).unwrap(), tx)
+            .await
+            .unwrap();
+        let addr = proxy.local_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            proxy
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        TestProxy {
+            addr,
+            events,
+            stop: Some(stop),
+            task: Some(task),
+            dispatcher: Some(dispatcher),
+        }
+    }
+
+    /// Waits (up to STEP) until `done` holds; returns the events.
+    pub async fn wait(&self, what: &str, done: impl Fn(&[Event]) -> bool) -> Vec<Event> {
+        let evs = self.events.wait_for(STEP, &done).await;
+        assert!(
+            done(&evs),
+            "timed out waiting for {what}; events so far:\n{}",
+            dump(&evs)
+        );
+        evs
+    }
+
+    /// Waits for `n` close events (one per finished connection).
+    pub async fn wait_closes(&self, n: usize) -> Vec<Event> {
+        self.wait(&format!("{n} close events"), |e| closes(e).len() >= n)
+            .await
+    }
+
+    /// Stops the proxy and waits until every event has reached the sinks.
+    pub async fn stop(mut self) -> Vec<Event> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = within("proxy shutdown", t).await;
+        }
+        if let Some(d) = self.dispatcher.take() {
+            let _ = tokio::task::spawn_blocking(move || d.join()).await;
+        }
+        self.events.snapshot()
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+pub fn dump(evs: &[Event]) -> String {
+    evs.iter()
+        .map(|e| serde_json::to_string(e).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub fn frames(evs: &[Event]) -> Vec<FrameEvent> {
+    evs.iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Frame(f) => Some(f.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn findings(evs: &[Event]) -> Vec<Finding> {
+    evs.iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Finding(f) => Some(f.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn finding_codes(evs: &[Event]) -> Vec<String> {
+    findings(evs).into_iter().map(|f| f.code).collect()
+}
+
+pub fn handshakes(evs: &[Event]) -> Vec<Handshake> {
+    evs.iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Handshake(h) => Some((**h).clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn closes(evs: &[Event]) -> Vec<CloseSummary> {
+    evs.iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Close(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn https(evs: &[Event]) -> Vec<HttpExchange> {
+    evs.iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Http(h) => Some(h.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Starts the built-in echo upstream; returns its address.
+pub async fn echo_server(opts: EchoOptions) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(echo::serve(l, opts));
+    addr
+}
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// A tokio-tungstenite client through `addr`, without size limits.
+pub async fn ws_client(
+    addr: SocketAddr,
+    path: &str,
+    protocols: &[&str],
+) -> (
+    Ws,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+) {
+    let tcp = within("TCP connect", TcpStream::connect(addr))
+        .await
+        .unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
+    if !protocols.is_empty() {
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            protocols.join(", ").parse().unwrap(),
+        );
+    }
+    within(
+        "WebSocket handshake",
+        tokio_tungstenite::client_async_with_config(req, tcp, Some(echo::unlimited())),
+    )
+    .await
+    .expect("handshake through the proxy")
+}
+
+/// A listener whose connections are handled by `script`, one task each.
+pub async fn scripted_upstream<F, Fut>(script: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let script = std::sync::Arc::new(script);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let script = script.clone();
+            tokio::spawn(async move { script(s).await });
+        }
+    });
+    addr
+}
+
+/// Reads from `s` until the end of an HTTP head; returns the head bytes.
+pub async fn read_head(s: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        let n = within("an HTTP head", s.read(&mut byte)).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        buf.push(byte[0]);
+    }
+    buf
+}
+
+/// Reads until EOF.
+pub async fn read_all(s: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    within("EOF", s.read_to_end(&mut buf)).await.unwrap();
+    buf
+}
+
+/// Reads exactly n bytes.
+pub async fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    within("bytes", s.read_exact(&mut buf)).await.unwrap();
+    buf
+}
+
+/// Whether e2e tests with outside peers must run (`WSTAP_E2E=require`).
+pub fn e2e_required() -> bool {
+    std::env::var("WSTAP_E2E")
+        .map(|v| v == "require")
+        .unwrap_or(false)
+}
+
+/// Finds an outside peer's binary for an e2e test. Without it the test is
+/// skipped with a printed notice, unless `WSTAP_E2E=require` (CI), where a
+/// missing peer fails the test.
+pub fn e2e_peer(name: &str, candidates: &[&str]) -> Option<PathBuf> {
+    for c in candidates {
+        let p = PathBuf::from(c);
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            for c in candidates {
+                let p = dir.join(c);
+                if !c.contains('/') && p.is_file() {
+                    return Some(p);
+                }
+            }
+        }
+    }
+    if e2e_required() {
+        panic!("WSTAP_E2E=require but {name} is not installed ({candidates:?})");
+    }
+    eprintln!("NOTICE: skipping this e2e test: {name} is not installed (install it, or run .ci/run, to include it)");
+    None
+}
+
+/// The wstap binary running as a child process.
+pub struct BinProxy {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+    pub args: Vec<String>,
+    pub stderr_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+pub fn bin_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_wstap"))
+}
+
+impl BinProxy {
+    /// Starts `wstap <args>` and waits for its "listening on" line.
+    pub async fn start(args: &[&str]) -> BinProxy {
+        let mut child = tokio::process::Command::new(bin_path())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn wstap");
+        let stderr = child.stderr.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let store = lines.clone();
+        tokio::spawn(async move {
+            let mut tx = Some(tx);
+            let mut rd = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = rd.next_line().await {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                store.lock().unwrap().push(line);
+            }
+        });
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let addr = match tokio::time::timeout(STEP, rx).await {
+            Ok(Ok(a)) => a.parse().expect("listening address"),
+            _ => {
+                let status = child.try_wait().ok().flatten();
+                panic!(
+                    "wstap {args:?} did not report its address; status {status:?}; stderr:\n{}",
+                    lines.lock().unwrap().join("\n")
+                );
+            }
+        };
+        BinProxy {
+            child,
+            addr,
+            args,
+            stderr_lines: lines,
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr_lines.lock().unwrap().join("\n")
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+        let status = within("wstap to exit after SIGTERM", self.child.wait())
+            .await
+            .unwrap();
+        // let the stderr reader catch the last lines
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let err = self.stderr();
+        (status, err)
+    }
+}
+
+/// Runs `wstap <args>` to completion; on an unexpected status prints the
+/// command, status, stdout and stderr.
+pub fn run_bin(args: &[&str], expect: Option<i32>) -> (i32, String, String) {
+    let out = std::process::Command::new(bin_path())
+        .args(args)
+        .output()
+        .expect("run wstap");
+    let code = out.status.code().unwrap_or(-1);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if let Some(want) = expect {
+        assert_eq!(
+            code, want,
+            "wstap {args:?} exited {code}, expected {want}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+        );
+    }
+    (code, stdout, stderr)
+}
+
+/// Writes all of `data` to a raw TCP stream.
+pub async fn send(s: &mut TcpStream, data: &[u8]) {
+    within("a write", s.write_all(data)).await.unwrap();
+}

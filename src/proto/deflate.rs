@@ -49,16 +49,16 @@ impl Inflater {
         while !input.is_empty() {
             let before_in = self.d.total_in();
             let before_out = self.d.total_out();
-            let status = self
-                .d
-                .decompress(input, &mut self.out, FlushDecompress::Sync)
-                .map_err(|e| InflateError(e.to_string()))?;
+            let result = self.d.decompress(input, &mut self.out, FlushDecompress::Sync);
             let used = (self.d.total_in() - before_in) as usize;
             let made = (self.d.total_out() - before_out) as usize;
-            input = &input[used..];
+            input = &input[used.min(input.len())..];
+            // Output made before an error is handed on too, so what a
+            // caller sees does not depend on how the input was split.
             if made > 0 {
                 sink(&self.out[..made]);
             }
+            let status = result.map_err(|e| InflateError(e.to_string()))?;
             if status == Status::StreamEnd {
                 // A BFINAL block ended the stream; what follows starts anew
                 // (RFC 7692 §7.2.3.3 allows a sender to do this).

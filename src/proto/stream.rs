@@ -340,8 +340,11 @@ impl StreamTap {
             let room = 125usize.saturating_sub(self.control.len());
             self.control.extend_from_slice(&buf[..buf.len().min(room)]);
         }
-        if inflate {
-            self.inflate(buf, false, now, out);
+        if self.current.as_ref().is_some_and(|c| c.compressed) {
+            // compressed bytes are never shown raw: inflated, or not at all
+            if inflate {
+                self.inflate(buf, false, now, out);
+            }
             return;
         }
         let room = max.saturating_sub(self.preview.len());
@@ -356,11 +359,9 @@ impl StreamTap {
     /// inflater, keeping a preview and checking UTF-8 of text on the way.
     fn inflate(&mut self, buf: &[u8], end: bool, now: SystemTime, out: &mut Vec<Event>) {
         let max = self.cfg.keep();
-        let (Some(inflater), Some(cur), Some(msg)) = (
-            self.inflater.as_mut(),
-            self.current.as_mut(),
-            self.message.as_mut(),
-        ) else {
+        let (Some(inflater), Some(cur), Some(msg)) =
+            (self.inflater.as_mut(), self.current.as_mut(), self.message.as_mut())
+        else {
             return;
         };
         if msg.inflate_skipped {
@@ -389,12 +390,12 @@ impl StreamTap {
         if end && check_utf8 && !bad_utf8 && !utf8.is_complete() {
             bad_utf8 = true;
         }
-        match result {
+        let failed = match result {
             Err(e) => {
                 let why = format!("preview unavailable: {e}; later compressed messages in this direction are not inflated");
                 cur.note = Some(why.clone());
                 self.inflate_dead = Some(why);
-                self.violate(Violation::InflateFailed, now, out);
+                true
             }
             Ok(()) if msg.inflated > MAX_INFLATED_PER_MESSAGE => {
                 msg.inflate_skipped = true;
@@ -410,12 +411,18 @@ impl StreamTap {
                         "preview unavailable: an earlier message was too large to inflate and the compression context was lost".into(),
                     );
                 }
+                false
             }
-            Ok(()) => {}
-        }
+            Ok(()) => false,
+        };
+        // the output's verdict first, then the failure: the order a split
+        // stream produces too
         if bad_utf8 {
             self.utf8_failed = true;
             self.violate(Violation::InvalidUtf8, now, out);
+        }
+        if failed {
+            self.violate(Violation::InflateFailed, now, out);
         }
     }
 

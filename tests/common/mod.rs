@@ -404,3 +404,12 @@ pub fn run_bin(args: &[&str], expect: Option<i32>) -> (i32, String, String) {
 pub async fn send(s: &mut TcpStream, data: &[u8]) {
     within("a write", s.write_all(data)).await.unwrap();
 }
+
+/// A loopback port that refuses connections: bound (so no one else takes
+/// it) but never listening. Keep the socket alive while the port is used.
+pub fn closed_port() -> (tokio::net::TcpSocket, u16) {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = s.local_addr().unwrap().port();
+    (s, port)
+}

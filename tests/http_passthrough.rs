@@ -1,0 +1,188 @@
+//! Ordinary HTTP through the proxy: any method, streamed bodies with
+//! Content-Length and chunked framing, keep-alive reuse, large downloads,
+//! each logged as an `http` event.
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).boxed()
+}
+
+fn byte_at(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let method = req.method().to_string();
+    Ok(match path.as_str() {
+        "/hello" => Response::new(full("hello world")),
+        "/echo" => {
+            // collect, then answer with the length and the bytes
+            let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            let mut r = Response::new(full(body));
+            r.headers_mut().insert("x-method", method.parse().unwrap());
+            r
+        }
+        "/big" => {
+            let total: u64 = 64 << 20;
+            let chunk = 64 * 1024u64;
+            let stream = futures_util::stream::iter((0..total / chunk).map(move |c| {
+                let data: Vec<u8> = (c * chunk..(c + 1) * chunk).map(byte_at).collect();
+                Ok::<_, Infallible>(Frame::data(Bytes::from(data)))
+            }));
+            Response::new(StreamBody::new(stream).boxed())
+        }
+        _ => {
+            let mut r = Response::new(full("not found"));
+            *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+            r
+        }
+    })
+}
+
+/// A hyper HTTP/1.1 server; returns its address and a count of accepted connections.
+async fn http_server() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), hyper::service::service_fn(handle))
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Reads one response with a Content-Length body; returns (head, body).
+async fn read_response(c: &mut TcpStream) -> (String, Vec<u8>) {
+    let head = String::from_utf8(read_head(c).await).unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no content-length in {head}"));
+    (head, read_n(c, len).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_post_and_keep_alive_reuse_one_upstream_connection() {
+    let (up, accepted) = http_server().await;
+    let proxy = TestProxy::start(&format!("http://{up}")).await;
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+
+    send(&mut c, b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let (head, body) = read_response(&mut c).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, b"hello world");
+
+    // 10 MiB with Content-Length, on the same connection
+    let big: Vec<u8> = (0..10u64 << 20).map(byte_at).collect();
+    let mut req = format!("POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", big.len()).into_bytes();
+    req.extend_from_slice(&big);
+    send(&mut c, &req).await;
+    let (head, body) = read_response(&mut c).await;
+    assert!(head.contains("x-method: POST"), "{head}");
+    assert!(body == big, "10 MiB body came back different");
+
+    // chunked request body, still the same connection
+    let mut req = b"PUT /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for part in [&b"first;"[..], b"second part;", b"third"] {
+        req.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        req.extend_from_slice(part);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    send(&mut c, &req).await;
+    let (head, body) = read_response(&mut c).await;
+    assert!(head.contains("x-method: PUT"), "{head}");
+    assert_eq!(body, b"first;second part;third");
+
+    send(&mut c, b"DELETE /missing HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let (head, _) = read_response(&mut c).await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    drop(c);
+
+    let evs = proxy.wait_closes(1).await;
+    let h = https(&evs);
+    let seen: Vec<_> = h.iter().map(|h| (h.method.as_str(), h.target.as_str(), h.status)).collect();
+    assert_eq!(
+        seen,
+        [("GET", "/hello", 200), ("POST", "/echo", 200), ("PUT", "/echo", 200), ("DELETE", "/missing", 404)]
+    );
+    assert_eq!(h[1].response_bytes, 10 << 20);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "keep-alive must reuse one upstream connection");
+    let close = &closes(&evs)[0];
+    assert!(!close.websocket);
+    assert!(close.bytes_from_client > 10 << 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_chunked_download_streams_through() {
+    let (up, _) = http_server().await;
+    let proxy = TestProxy::start(&format!("http://{up}")).await;
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    send(&mut c, b"GET /big HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    let head = String::from_utf8(read_head(&mut c).await).unwrap();
+    assert!(head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{head}");
+    // decode the chunked body and check every byte
+    let mut raw = Vec::new();
+    within("the download", c.read_to_end(&mut raw)).await.unwrap();
+    let mut pos = 0;
+    let mut got = 0u64;
+    loop {
+        let line_end = pos + raw[pos..].windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&raw[pos..line_end]).unwrap(), 16).unwrap();
+        pos = line_end + 2;
+        if size == 0 {
+            break;
+        }
+        for (i, b) in raw[pos..pos + size].iter().enumerate() {
+            assert_eq!(*b, byte_at(got + i as u64), "byte {}", got + i as u64);
+        }
+        got += size as u64;
+        pos += size + 2;
+    }
+    assert_eq!(got, 64 << 20);
+    let evs = proxy.wait_closes(1).await;
+    let h = &https(&evs)[0];
+    assert_eq!((h.status, h.target.as_str()), (200, "/big"));
+    assert!(h.response_bytes > 64 << 20);
+}
+
+#[tokio::test]
+async fn a_dead_upstream_gets_a_502_naming_the_cause() {
+    let (_held, port) = closed_port();
+    let proxy = TestProxy::start(&format!("http://127.0.0.1:{port}")).await;
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    send(&mut c, b"GET /page HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let resp = String::from_utf8(read_all(&mut c).await).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 502 Bad Gateway"), "{resp}");
+    assert!(resp.contains("refused"), "{resp}");
+    let evs = proxy.wait_closes(1).await;
+    assert_eq!(https(&evs)[0].status, 502);
+    assert_eq!(finding_codes(&evs), ["upstream-refused"]);
+}

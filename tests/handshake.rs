@@ -34,7 +34,11 @@ async fn a_refused_upgrade_is_logged_with_all_four_views_and_the_body() {
     let proxy = TestProxy::start(&format!("ws://{up}")).await;
     let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     send(&mut c, b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrigin: https://evil.example\r\n\r\n").await;
-    assert_eq!(read_all(&mut c).await, reply, "the upstream's answer passes back byte for byte");
+    assert_eq!(
+        read_all(&mut c).await,
+        reply,
+        "the upstream's answer passes back byte for byte"
+    );
     let evs = proxy.wait_closes(1).await;
     let hs = &handshakes(&evs)[0];
     assert!(hs.client_request.is_some() && hs.upstream_request.is_some());
@@ -81,12 +85,21 @@ async fn a_stripped_http10_handshake_is_forwarded_as_it_came() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permessage_deflate_frames_pass_untouched_and_previews_inflate() {
-    let texts: Vec<String> = (0..20).map(|i| format!("compressed message {i}: {}", "abc ".repeat(i * 5))).collect();
+    let texts: Vec<String> = (0..20)
+        .map(|i| format!("compressed message {i}: {}", "abc ".repeat(i * 5)))
+        .collect();
     // the server's compressed replies, fragmented at the end
     let mut server_wire = Vec::new();
     let mut d = Deflater::new(false);
     for t in &texts {
-        encode_frame(&mut server_wire, true, true, Opcode::Text, None, &d.compress(t.as_bytes()));
+        encode_frame(
+            &mut server_wire,
+            true,
+            true,
+            Opcode::Text,
+            None,
+            &d.compress(t.as_bytes()),
+        );
     }
     let c = d.compress(b"a fragmented compressed reply");
     let (a, b) = c.split_at(c.len() / 2);
@@ -113,21 +126,42 @@ async fn permessage_deflate_frames_pass_untouched_and_previews_inflate() {
     let mut d = Deflater::new(true);
     for (i, t) in texts.iter().enumerate() {
         let mask = [i as u8, 0x5a, 0xa5, 0x11];
-        encode_frame(&mut client_wire, true, true, Opcode::Text, Some(mask), &d.compress(t.as_bytes()));
+        encode_frame(
+            &mut client_wire,
+            true,
+            true,
+            Opcode::Text,
+            Some(mask),
+            &d.compress(t.as_bytes()),
+        );
     }
     let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     send(&mut c, b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n\r\n").await;
     read_head(&mut c).await;
-    assert_eq!(read_n(&mut c, server_wire.len()).await, *server_wire, "server bytes arrive unchanged");
+    assert_eq!(
+        read_n(&mut c, server_wire.len()).await,
+        *server_wire,
+        "server bytes arrive unchanged"
+    );
     send(&mut c, &client_wire).await;
     c.shutdown().await.unwrap();
     let evs = proxy.wait_closes(1).await;
     drop(c);
-    assert_eq!(*received.lock().unwrap(), client_wire, "client bytes arrive unchanged");
+    assert_eq!(
+        *received.lock().unwrap(),
+        client_wire,
+        "client bytes arrive unchanged"
+    );
 
     let fr = frames(&evs);
-    let client: Vec<_> = fr.iter().filter(|f| f.from == Dir::ClientToServer).collect();
-    let server: Vec<_> = fr.iter().filter(|f| f.from == Dir::ServerToClient).collect();
+    let client: Vec<_> = fr
+        .iter()
+        .filter(|f| f.from == Dir::ClientToServer)
+        .collect();
+    let server: Vec<_> = fr
+        .iter()
+        .filter(|f| f.from == Dir::ServerToClient)
+        .collect();
     assert_eq!(client.len(), texts.len());
     for (f, t) in client.iter().zip(&texts) {
         assert!(f.compressed && f.rsv1);
@@ -139,8 +173,17 @@ async fn permessage_deflate_frames_pass_untouched_and_previews_inflate() {
         assert_eq!(&f.preview, &t[..t.len().min(256)]);
     }
     let n = server.len();
-    assert_eq!(format!("{}{}", server[n - 2].preview, server[n - 1].preview), "a fragmented compressed reply");
-    assert!(finding_codes(&evs).iter().all(|c| c != "protocol-violation"), "{}", dump(&evs));
+    assert_eq!(
+        format!("{}{}", server[n - 2].preview, server[n - 1].preview),
+        "a fragmented compressed reply"
+    );
+    assert!(
+        finding_codes(&evs)
+            .iter()
+            .all(|c| c != "protocol-violation"),
+        "{}",
+        dump(&evs)
+    );
 }
 
 use tokio::io::AsyncWriteExt;

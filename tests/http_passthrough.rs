@@ -34,7 +34,12 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         "/hello" => Response::new(full("hello world")),
         "/echo" => {
             // collect, then answer with the length and the bytes
-            let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
             let mut r = Response::new(full(body));
             r.headers_mut().insert("x-method", method.parse().unwrap());
             r
@@ -82,7 +87,8 @@ async fn read_response(c: &mut TcpStream) -> (String, Vec<u8>) {
         .lines()
         .find_map(|l| {
             let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+            n.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
         })
         .unwrap_or_else(|| panic!("no content-length in {head}"));
     (head, read_n(c, len).await)
@@ -101,7 +107,11 @@ async fn get_post_and_keep_alive_reuse_one_upstream_connection() {
 
     // 10 MiB with Content-Length, on the same connection
     let big: Vec<u8> = (0..10u64 << 20).map(byte_at).collect();
-    let mut req = format!("POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", big.len()).into_bytes();
+    let mut req = format!(
+        "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+        big.len()
+    )
+    .into_bytes();
     req.extend_from_slice(&big);
     send(&mut c, &req).await;
     let (head, body) = read_response(&mut c).await;
@@ -128,13 +138,25 @@ async fn get_post_and_keep_alive_reuse_one_upstream_connection() {
 
     let evs = proxy.wait_closes(1).await;
     let h = https(&evs);
-    let seen: Vec<_> = h.iter().map(|h| (h.method.as_str(), h.target.as_str(), h.status)).collect();
+    let seen: Vec<_> = h
+        .iter()
+        .map(|h| (h.method.as_str(), h.target.as_str(), h.status))
+        .collect();
     assert_eq!(
         seen,
-        [("GET", "/hello", 200), ("POST", "/echo", 200), ("PUT", "/echo", 200), ("DELETE", "/missing", 404)]
+        [
+            ("GET", "/hello", 200),
+            ("POST", "/echo", 200),
+            ("PUT", "/echo", 200),
+            ("DELETE", "/missing", 404)
+        ]
     );
     assert_eq!(h[1].response_bytes, 10 << 20);
-    assert_eq!(accepted.load(Ordering::SeqCst), 1, "keep-alive must reuse one upstream connection");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "keep-alive must reuse one upstream connection"
+    );
     let close = &closes(&evs)[0];
     assert!(!close.websocket);
     assert!(close.bytes_from_client > 10 << 20);
@@ -145,17 +167,28 @@ async fn large_chunked_download_streams_through() {
     let (up, _) = http_server().await;
     let proxy = TestProxy::start(&format!("http://{up}")).await;
     let mut c = TcpStream::connect(proxy.addr).await.unwrap();
-    send(&mut c, b"GET /big HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    send(
+        &mut c,
+        b"GET /big HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     let head = String::from_utf8(read_head(&mut c).await).unwrap();
-    assert!(head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
     // decode the chunked body and check every byte
     let mut raw = Vec::new();
-    within("the download", c.read_to_end(&mut raw)).await.unwrap();
+    within("the download", c.read_to_end(&mut raw))
+        .await
+        .unwrap();
     let mut pos = 0;
     let mut got = 0u64;
     loop {
         let line_end = pos + raw[pos..].windows(2).position(|w| w == b"\r\n").unwrap();
-        let size = usize::from_str_radix(std::str::from_utf8(&raw[pos..line_end]).unwrap(), 16).unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&raw[pos..line_end]).unwrap(), 16).unwrap();
         pos = line_end + 2;
         if size == 0 {
             break;

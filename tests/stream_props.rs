@@ -40,10 +40,15 @@ fn run(dir: Dir, deflate: bool, wire: &[u8], cuts: &[usize]) -> Vec<String> {
         t.feed(&wire[last..c], SystemTime::UNIX_EPOCH, &mut out);
         last = c;
     }
-    out.iter().map(|e| serde_json::to_string(e).unwrap()).collect()
+    out.iter()
+        .map(|e| serde_json::to_string(e).unwrap())
+        .collect()
 }
 
-fn arb_frame() -> impl Strategy<Value = (u8, bool, bool, Option<[u8; 4]>, Vec<u8>)> {
+/// (opcode bits, fin, rsv1, mask, payload)
+type FrameSpec = (u8, bool, bool, Option<[u8; 4]>, Vec<u8>);
+
+fn arb_frame() -> impl Strategy<Value = FrameSpec> {
     (
         0u8..16,
         any::<bool>(),
@@ -57,7 +62,7 @@ fn arb_frame() -> impl Strategy<Value = (u8, bool, bool, Option<[u8; 4]>, Vec<u8
     )
 }
 
-fn wire_of(frames: &[(u8, bool, bool, Option<[u8; 4]>, Vec<u8>)]) -> Vec<u8> {
+fn wire_of(frames: &[FrameSpec]) -> Vec<u8> {
     let mut w = Vec::new();
     for (op, fin, rsv1, mask, payload) in frames {
         encode_frame(&mut w, *fin, *rsv1, Opcode::from_bits(*op), *mask, payload);

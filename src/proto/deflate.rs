@@ -49,7 +49,9 @@ impl Inflater {
         while !input.is_empty() {
             let before_in = self.d.total_in();
             let before_out = self.d.total_out();
-            let result = self.d.decompress(input, &mut self.out, FlushDecompress::Sync);
+            let result = self
+                .d
+                .decompress(input, &mut self.out, FlushDecompress::Sync);
             let used = (self.d.total_in() - before_in) as usize;
             let made = (self.d.total_out() - before_out) as usize;
             input = &input[used.min(input.len())..];

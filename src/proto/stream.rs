@@ -359,9 +359,11 @@ impl StreamTap {
     /// inflater, keeping a preview and checking UTF-8 of text on the way.
     fn inflate(&mut self, buf: &[u8], end: bool, now: SystemTime, out: &mut Vec<Event>) {
         let max = self.cfg.keep();
-        let (Some(inflater), Some(cur), Some(msg)) =
-            (self.inflater.as_mut(), self.current.as_mut(), self.message.as_mut())
-        else {
+        let (Some(inflater), Some(cur), Some(msg)) = (
+            self.inflater.as_mut(),
+            self.current.as_mut(),
+            self.message.as_mut(),
+        ) else {
             return;
         };
         if msg.inflate_skipped {

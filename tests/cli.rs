@@ -1,0 +1,166 @@
+//! The binary as users and scripts run it: flags from the contract, the
+//! listening line, the NDJSON log on disk while running and at exit, the
+//! demo, and usage errors.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use wstap::demo::echo::EchoOptions;
+use wstap::proto::event::{Event, EventKind};
+
+fn parse_lines(text: &str) -> Vec<Event> {
+    text.lines()
+        .map(|l| {
+            serde_json::from_str::<Event>(l)
+                .unwrap_or_else(|e| panic!("bad NDJSON line {l:?}: {e}"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_is_on_disk_while_running_and_complete_at_sigterm() {
+    let echo = echo_server(EchoOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("events.jsonl");
+    let upstream = format!("ws://{echo}");
+    let proxy = BinProxy::start(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream,
+        "--json",
+        log.to_str().unwrap(),
+        "--quiet",
+    ])
+    .await;
+    assert!(
+        proxy
+            .stderr()
+            .contains(&format!("listening on {}", proxy.addr)),
+        "{}",
+        proxy.stderr()
+    );
+
+    let (mut ws, _) = ws_client(proxy.addr, "/echo", &[]).await;
+    ws.send(Message::text("first")).await.unwrap();
+    within("echo", ws.next()).await.unwrap().unwrap();
+    // the frame reaches the file without the proxy exiting
+    let mut seen = false;
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("\"preview\":\"first\"") {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen, "the frame never reached {}", log.display());
+    ws.send(Message::text("second")).await.unwrap();
+    within("echo", ws.next()).await.unwrap().unwrap();
+
+    let (status, stderr) = proxy.terminate().await;
+    assert!(status.success(), "exit {status:?}\n{stderr}");
+    let evs = parse_lines(&std::fs::read_to_string(&log).unwrap());
+    assert!(
+        matches!(evs[0].kind, EventKind::Listening(_)),
+        "the first event is listening"
+    );
+    assert!(evs[0].conn.is_none());
+    let previews: Vec<_> = frames(&evs).into_iter().map(|f| f.preview).collect();
+    assert_eq!(previews, ["first", "first", "second", "second"]);
+    assert_eq!(handshakes(&evs).len(), 1);
+    assert!(evs.iter().skip(1).all(|e| e.conn.is_some()));
+}
+
+#[tokio::test]
+async fn json_to_stdout_and_quiet_stderr() {
+    let echo = echo_server(EchoOptions::default()).await;
+    let upstream = format!("ws://{echo}");
+    let proxy = BinProxy::start(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream,
+        "--json",
+        "-",
+        "--quiet",
+    ])
+    .await;
+    let (mut ws, _) = ws_client(proxy.addr, "/echo", &[]).await;
+    ws.send(Message::text("to stdout")).await.unwrap();
+    within("echo", ws.next()).await.unwrap().unwrap();
+    drop(ws);
+    let mut child = proxy.child;
+    let mut stdout = child.stdout.take().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .arg("-INT")
+            .arg(pid.to_string())
+            .status();
+    }
+    let status = within("exit after SIGINT", child.wait()).await.unwrap();
+    assert!(status.success());
+    let mut out = String::new();
+    use tokio::io::AsyncReadExt;
+    stdout.read_to_string(&mut out).await.unwrap();
+    let evs = parse_lines(&out);
+    assert!(frames(&evs).iter().any(|f| f.preview == "to stdout"));
+    let stderr = proxy.stderr_lines.lock().unwrap().join("\n");
+    assert!(
+        !stderr.contains("to stdout"),
+        "--quiet keeps frames off stderr:\n{stderr}"
+    );
+}
+
+#[test]
+fn demo_shows_a_handshake_frames_and_exits_zero() {
+    let (_, _, stderr) = run_bin(&["demo"], Some(0));
+    assert!(
+        stderr.contains("handshake GET /echo → 101 Switching Protocols"),
+        "{stderr}"
+    );
+    for needle in [
+        "→ text",
+        "← text",
+        "→ binary",
+        "→ continuation",
+        "→ ping",
+        "← pong",
+        "→ close",
+        "4001 Private Use",
+        "http GET / → 200",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_with_a_reason() {
+    let (_, _, err) = run_bin(&["proxy"], Some(2));
+    assert!(err.contains("--upstream"), "{err}");
+    let (_, _, err) = run_bin(&["proxy", "--upstream", "ftp://x"], Some(2));
+    assert!(err.contains("ws://, wss://, http:// or https://"), "{err}");
+    let (_, _, err) = run_bin(
+        &[
+            "proxy",
+            "--upstream",
+            "ws://127.0.0.1:1",
+            "--listen",
+            "nonsense",
+        ],
+        Some(2),
+    );
+    assert!(err.contains("--listen"), "{err}");
+    let (_, out, _) = run_bin(&["proxy", "--help"], Some(0));
+    assert!(
+        out.contains("[default: 127.0.0.1:9000]"),
+        "the default listener is loopback:\n{out}"
+    );
+}

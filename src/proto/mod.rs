@@ -3,6 +3,7 @@
 //! files: time and connection ids come in as arguments, so everything here
 //! is tested by feeding bytes and asserting events.
 
+pub mod analysis;
 pub mod close_code;
 pub mod decoder;
 pub mod deflate;
@@ -11,6 +12,7 @@ pub mod failure;
 pub mod frame;
 pub mod handshake;
 pub mod http;
+pub mod inject;
 pub mod preview;
 pub mod session;
 pub mod stream;

@@ -17,6 +17,9 @@ pub enum StreamEnd {
     Reset(String),
     /// Writing to the receiver failed: it went away.
     WriteFailed(String),
+    /// wstap stopped this direction on purpose (strict mode, shutdown, a
+    /// close from the live view): a token and words.
+    Cut { reason: &'static str, detail: String },
 }
 
 /// Why the relay stopped, as the I/O shell saw it.
@@ -121,6 +124,7 @@ pub fn summarize(
                 StreamEnd::Eof => format!("{who}-closed"),
                 StreamEnd::Reset(_) => format!("{who}-reset"),
                 StreamEnd::WriteFailed(_) => format!("{}-gone", dir.receiver()),
+                StreamEnd::Cut { reason, .. } => reason.to_string(),
             };
             let how_words = match how {
                 StreamEnd::Eof => format!("the {who} closed the TCP connection"),
@@ -128,6 +132,7 @@ pub fn summarize(
                 StreamEnd::WriteFailed(e) => {
                     format!("the {} stopped accepting data ({e})", dir.receiver())
                 }
+                StreamEnd::Cut { detail, .. } => detail.clone(),
             };
             let sent = match (cc, sc) {
                 (Some(c), None) => format!(" after the client's close {}", describe_close(c)),
@@ -143,11 +148,19 @@ pub fn summarize(
         .duration_since(ctx.opened_at)
         .unwrap_or_default();
     let complete = cc.is_some() && sc.is_some();
-    if !complete {
+    // wstap's own deliberate ends (strict mode, shutdown, the live view)
+    // sent close frames and said why; a simulated idle cut is the failure
+    // being reproduced, so it is judged like a real one
+    let deliberate = match end {
+        RelayEnd::Cut { reason, .. } => reason != "idle-timeout",
+        RelayEnd::Peer(_, StreamEnd::Cut { .. }) => true,
+        RelayEnd::Peer(..) => false,
+    };
+    if !complete && !deliberate {
         let (who, sees) = match end {
             RelayEnd::Peer(dir, StreamEnd::WriteFailed(_)) => (dir.receiver(), dir.sender()),
             RelayEnd::Peer(dir, _) => (dir.sender(), dir.receiver()),
-            RelayEnd::Cut { .. } => ("wstap", "both sides"),
+            RelayEnd::Cut { .. } => ("wstap (simulating a hop)", "each side"),
         };
         let mut f = Finding::new(
             "abnormal-closure",

@@ -78,6 +78,25 @@ struct Current {
     note: Option<String>,
 }
 
+/// Where [`StreamTap::feed_until`] stops early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    Never,
+    /// After the first frame that ends.
+    FrameEnd,
+    /// After the first frame that ends outside a fragmented message.
+    MessageEnd,
+}
+
+/// What one feed did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fed {
+    /// Bytes of the input taken (all of it unless a stop point was reached).
+    pub consumed: usize,
+    /// Where the first frame that broke the protocol starts, if one did.
+    pub violation_at: Option<usize>,
+}
+
 /// Observes one direction; see the module docs.
 #[derive(Debug)]
 pub struct StreamTap {
@@ -174,7 +193,13 @@ impl StreamTap {
     /// the protocol starts (0 when it began in an earlier chunk), so a
     /// strict relay can stop before forwarding it.
     pub fn feed(&mut self, data: &[u8], now: SystemTime, out: &mut Vec<Event>) -> Option<usize> {
-        self.stats.bytes += data.len() as u64;
+        self.feed_until(data, now, out, Stop::Never).violation_at
+    }
+
+    /// Like [`feed`](Self::feed), but stops right after the first frame
+    /// (or message) that ends inside `data`, so the caller can insert a
+    /// frame there. Bytes after `consumed` were not looked at.
+    pub fn feed_until(&mut self, data: &[u8], now: SystemTime, out: &mut Vec<Event>, stop: Stop) -> Fed {
         self.violation_at = None;
         self.current_start = 0;
         let mut input = data;
@@ -188,10 +213,25 @@ impl StreamTap {
                     self.on_header(h, now, out);
                 }
                 Some(Piece::Payload { data, offset }) => self.on_payload(data, offset, now, out),
-                Some(Piece::End) => self.on_end(now, out),
+                Some(Piece::End) => {
+                    self.on_end(now, out);
+                    let here = match stop {
+                        Stop::Never => false,
+                        Stop::FrameEnd => true,
+                        Stop::MessageEnd => self.message.is_none(),
+                    };
+                    if here {
+                        break;
+                    }
+                }
             }
         }
-        self.violation_at
+        let consumed = data.len() - input.len();
+        self.stats.bytes += consumed as u64;
+        Fed {
+            consumed,
+            violation_at: self.violation_at,
+        }
     }
 
     fn violate(&mut self, v: Violation, now: SystemTime, out: &mut Vec<Event>) {

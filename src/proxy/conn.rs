@@ -11,13 +11,14 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use super::body::{copy_body, BodyError, Capture};
 use super::io::{BoxIo, Inbound, ReadHeadError};
-use super::relay::{relay, Sides};
+use super::relay::{self, RelayOptions, Sides};
 use super::upstream::{Connected, Endpoint};
 use super::Shared;
 use crate::proto::event::{
     millis, CloseSummary, ConnId, Dir, ErrorEvent, Event, EventKind, Finding, Handshake,
     HttpExchange, ResponseView,
 };
+use crate::proto::analysis;
 use crate::proto::failure::UpstreamFailure;
 use crate::proto::handshake::{self, Negotiated};
 use crate::proto::http::{
@@ -134,6 +135,15 @@ impl Conn {
 
     async fn emit_finding(&self, f: Finding) {
         self.emit(EventKind::Finding(f)).await;
+    }
+
+    /// The handshake event, then what the analysis makes of it.
+    async fn emit_handshake(&self, hs: Handshake) {
+        let findings = analysis::analyze(&hs);
+        self.emit(EventKind::Handshake(Box::new(hs))).await;
+        for f in findings {
+            self.emit_finding(f).await;
+        }
     }
 
     async fn run(mut self) {
@@ -326,7 +336,7 @@ impl Conn {
         if let Err(e) = write_flush(&mut self.client_wr, &client_resp_raw).await {
             self.drop_upstream();
             if attempt {
-                self.emit(EventKind::Handshake(Box::new(hs))).await;
+                self.emit_handshake(hs).await;
             }
             return Step::Done(End::new(
                 "client-closed",
@@ -336,7 +346,7 @@ impl Conn {
 
         if resp.status == 101 {
             if attempt {
-                self.emit(EventKind::Handshake(Box::new(hs))).await;
+                self.emit_handshake(hs).await;
                 return Step::Upgrade(client_resp);
             }
             return self.tunnel(&req, started).await;
@@ -374,7 +384,7 @@ impl Conn {
                     }
                 }
             }
-            self.emit(EventKind::Handshake(Box::new(hs))).await;
+            self.emit_handshake(hs).await;
         } else {
             let response_bytes = *body.as_ref().unwrap_or(&0);
             self.emit(EventKind::Http(HttpExchange {
@@ -464,7 +474,7 @@ impl Conn {
             let mut view = head.view();
             view.body_preview = Some(f.message());
             hs.client_response = Some(view);
-            self.emit(EventKind::Handshake(Box::new(hs))).await;
+            self.emit_handshake(hs).await;
         } else {
             self.emit(EventKind::Http(HttpExchange {
                 method: req.method.clone(),
@@ -534,7 +544,19 @@ impl Conn {
             up_rd: up.rd,
             up_wr: up.wr,
         };
-        let end = relay(&mut sides, &mut c2s, &mut s2c, &shared.events).await;
+        let (controls, inboxes) = relay::controls();
+        if let Ok(mut open) = shared.open.lock() {
+            open.insert(id, controls.clone());
+        }
+        let opts = RelayOptions {
+            strict: shared.cfg.strict,
+            max_preview: shared.cfg.max_preview,
+            idle_cut: shared.cfg.idle_cut.clone(),
+        };
+        let end = relay::relay(id, &mut sides, &mut c2s, &mut s2c, &shared.events, &opts, &controls, inboxes).await;
+        if let Ok(mut open) = shared.open.lock() {
+            open.remove(&id);
+        }
         let ended = SystemTime::now();
         let ctx = EndContext {
             opened_at: opened,

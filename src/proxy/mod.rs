@@ -10,8 +10,9 @@ pub mod upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
@@ -19,7 +20,8 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::bus::EventTx;
-use crate::proto::event::{ConnId, Event, EventKind, Listening};
+use crate::proto::event::{ConnId, Dir, Event, EventKind, Listening};
+use crate::proto::inject;
 use upstream::{Connector, UpstreamUrl};
 
 /// Everything the proxy needs to run, validated.
@@ -39,6 +41,10 @@ pub struct ProxyConfig {
     pub grace: Duration,
     /// `--expect-idle-timeout` values.
     pub expected_idle: Vec<Duration>,
+    /// `--strict`: close with 1002 on a protocol violation.
+    pub strict: bool,
+    /// Cut idle WebSockets like a load balancer (`--idle-timeout`, `--simulate`).
+    pub idle_cut: Option<relay::IdleCut>,
 }
 
 impl ProxyConfig {
@@ -54,6 +60,8 @@ impl ProxyConfig {
             handshake_timeout: Duration::from_secs(10),
             grace: Duration::from_secs(5),
             expected_idle: Vec::new(),
+            strict: false,
+            idle_cut: None,
         }
     }
 }
@@ -63,6 +71,8 @@ pub struct Shared {
     pub cfg: ProxyConfig,
     pub events: EventTx,
     pub connector: Connector,
+    /// Control handles of the open WebSockets, for shutdown and the live view.
+    pub open: Mutex<HashMap<ConnId, relay::Controls>>,
     next_id: AtomicU64,
 }
 
@@ -76,6 +86,26 @@ pub enum ProxyError {
     },
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+}
+
+impl Shared {
+    /// Asks every open WebSocket to send `code` to both sides and stop.
+    pub fn close_all(&self, code: u16, reason: &str) {
+        let open: Vec<relay::Controls> = match self.open.lock() {
+            Ok(m) => m.values().cloned().collect(),
+            Err(_) => return,
+        };
+        for c in open {
+            for dir in [Dir::ClientToServer, Dir::ServerToClient] {
+                let frame = inject::close(dir, code, reason, relay::random_mask(), self.cfg.max_preview);
+                let _ = c.toward(dir).try_send(relay::Control::CloseAndEnd {
+                    frame,
+                    reason: "shutdown",
+                    detail: format!("wstap sent {code} ({reason}) to both sides"),
+                });
+            }
+        }
+    }
 }
 
 /// A bound, not yet running proxy.
@@ -122,6 +152,7 @@ impl Proxy {
                 cfg,
                 events,
                 connector,
+                open: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
             }),
             addr,
@@ -159,6 +190,7 @@ impl Proxy {
             }
         }
         drop(self.listener);
+        self.shared.close_all(1001, "wstap is shutting down");
         let grace = self.shared.cfg.grace;
         let drained =
             tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;

@@ -1,24 +1,117 @@
 //! The WebSocket relay after a 101: two pumps, one per direction, each
 //! writing every byte it reads to the peer unchanged and showing a copy to
 //! its direction's tap. A fixed buffer per direction; a full event channel
-//! or a slow reader makes the pump wait, never buffer more.
+//! or a slow reader makes the pump wait, never buffer more. Frames wstap
+//! adds itself (strict-mode and shutdown closes, live-view messages) go in
+//! only at frame boundaries, through each pump's control inbox.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
 
 use super::io::Inbound;
 use crate::bus::EventTx;
-use crate::proto::event::{Dir, Event};
+use crate::proto::event::{ConnId, Dir, Event, EventKind};
+use crate::proto::inject::{self, Injected};
 use crate::proto::session::{RelayEnd, StreamEnd};
-use crate::proto::stream::StreamTap;
+use crate::proto::stream::{Stop, StreamTap};
 
 /// Once one side has closed its half, the other gets this long without
 /// sending anything before wstap closes the connection: a peer that never
 /// closes must not hold the sockets forever.
 pub const LINGER: Duration = Duration::from_secs(3);
+
+/// How long a pump may take to deliver a close wstap asked it to send.
+const CLOSE_DELIVERY: Duration = Duration::from_secs(2);
+
+/// Something for a pump to do besides relaying.
+#[derive(Debug)]
+pub enum Control {
+    /// Insert a frame at the next boundary; `done` hears whether it was written.
+    Inject {
+        frame: Injected,
+        done: Option<oneshot::Sender<Result<(), String>>>,
+    },
+    /// Send this close frame at the next boundary, then stop relaying.
+    CloseAndEnd {
+        frame: Injected,
+        reason: &'static str,
+        detail: String,
+    },
+}
+
+impl Control {
+    fn frame(&self) -> &Injected {
+        match self {
+            Control::Inject { frame, .. } | Control::CloseAndEnd { frame, .. } => frame,
+        }
+    }
+}
+
+/// Senders into a connection's two pumps.
+#[derive(Debug, Clone)]
+pub struct Controls {
+    /// Frames that travel to the server (written by the client-to-server pump).
+    pub to_server: mpsc::Sender<Control>,
+    /// Frames that travel to the client.
+    pub to_client: mpsc::Sender<Control>,
+}
+
+impl Controls {
+    pub fn toward(&self, dir: Dir) -> &mpsc::Sender<Control> {
+        match dir {
+            Dir::ClientToServer => &self.to_server,
+            Dir::ServerToClient => &self.to_client,
+        }
+    }
+}
+
+/// The receiving ends, consumed by [`relay`].
+pub struct Inboxes {
+    to_server: mpsc::Receiver<Control>,
+    to_client: mpsc::Receiver<Control>,
+}
+
+/// A new pair of control channels for one connection.
+pub fn controls() -> (Controls, Inboxes) {
+    let (ts, tr) = mpsc::channel(16);
+    let (cs, cr) = mpsc::channel(16);
+    (
+        Controls {
+            to_server: ts,
+            to_client: cs,
+        },
+        Inboxes {
+            to_server: tr,
+            to_client: cr,
+        },
+    )
+}
+
+/// Cut the connection (no close frame, as a load balancer does) after a
+/// silence of `after`.
+#[derive(Debug, Clone)]
+pub struct IdleCut {
+    pub after: Duration,
+    /// Count client-to-server traffic as activity (an idle timeout); when
+    /// false only upstream data counts (nginx's `proxy_read_timeout`).
+    pub count_client: bool,
+    /// Who is being imitated, for the close detail.
+    pub label: String,
+}
+
+/// Relay behaviour beyond forwarding.
+#[derive(Debug, Clone, Default)]
+pub struct RelayOptions {
+    /// Close with 1002 on a protocol violation instead of relaying on.
+    pub strict: bool,
+    pub max_preview: usize,
+    pub idle_cut: Option<IdleCut>,
+}
 
 /// Both sides of an upgraded connection.
 pub struct Sides<CR, CW, UR, UW> {
@@ -28,13 +121,49 @@ pub struct Sides<CR, CW, UR, UW> {
     pub up_wr: UW,
 }
 
-/// Relays until both directions end, or one fails. Returns how it ended
-/// and the taps, for the summary.
+/// A random masking key (RFC 6455 §5.3 wants it unpredictable).
+pub fn random_mask() -> [u8; 4] {
+    let mut m = [0u8; 4];
+    if rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut m)
+        .is_err()
+    {
+        let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        m = (t.subsec_nanos() ^ 0x5a5a_a5a5).to_le_bytes();
+    }
+    m
+}
+
+/// What both pumps share.
+struct Shared<'a> {
+    conn: ConnId,
+    events: &'a EventTx,
+    opts: &'a RelayOptions,
+    /// Wall-clock milliseconds of the last bytes from each side.
+    last_client: AtomicU64,
+    last_server: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Relays until both directions end, one fails, or wstap cuts the
+/// connection. Returns how it ended; the taps hold the rest.
+#[allow(clippy::too_many_arguments)] // the two sides, two taps and two channels belong together
 pub async fn relay<CR, CW, UR, UW>(
+    conn: ConnId,
     sides: &mut Sides<CR, CW, UR, UW>,
     c2s: &mut StreamTap,
     s2c: &mut StreamTap,
     events: &EventTx,
+    opts: &RelayOptions,
+    controls: &Controls,
+    inboxes: Inboxes,
 ) -> RelayEnd
 where
     CR: AsyncRead + Unpin,
@@ -48,86 +177,246 @@ where
         up_rd,
         up_wr,
     } = sides;
-    let (up_seen, down_seen) = (AtomicU64::new(0), AtomicU64::new(0));
-    let up = pump(client_rd, up_wr, c2s, events, &up_seen);
-    let down = pump(up_rd, client_wr, s2c, events, &down_seen);
-    tokio::pin!(up, down);
+    let start = now_ms();
+    let shared = Shared {
+        conn,
+        events,
+        opts,
+        last_client: AtomicU64::new(start),
+        last_server: AtomicU64::new(start),
+    };
+    let up = pump(
+        client_rd,
+        up_wr,
+        c2s,
+        &shared,
+        inboxes.to_server,
+        &controls.to_client,
+    );
+    let down = pump(
+        up_rd,
+        client_wr,
+        s2c,
+        &shared,
+        inboxes.to_client,
+        &controls.to_server,
+    );
+    let idle = idle_watch(&shared);
+    tokio::pin!(up, down, idle);
     tokio::select! {
-        end = &mut up => {
-            if end == StreamEnd::Eof {
-                linger(down, &down_seen).await;
-            }
-            RelayEnd::Peer(Dir::ClientToServer, end)
+        end = &mut up => after_first(Dir::ClientToServer, end, down, &shared.last_server).await,
+        end = &mut down => after_first(Dir::ServerToClient, end, up, &shared.last_client).await,
+        cut = &mut idle => cut,
+    }
+}
+
+/// Decides what happens to the other direction once one has ended.
+async fn after_first<F: Future<Output = StreamEnd>>(
+    dir: Dir,
+    end: StreamEnd,
+    other: F,
+    other_seen: &AtomicU64,
+) -> RelayEnd {
+    match end {
+        StreamEnd::Eof => {
+            linger(other, other_seen).await;
+            RelayEnd::Peer(dir, StreamEnd::Eof)
         }
-        end = &mut down => {
-            if end == StreamEnd::Eof {
-                linger(up, &up_seen).await;
+        StreamEnd::Cut { reason, detail } => {
+            // the other pump was asked to send its close too
+            let _ = tokio::time::timeout(CLOSE_DELIVERY, other).await;
+            RelayEnd::Cut {
+                reason: reason.to_string(),
+                detail,
             }
-            RelayEnd::Peer(Dir::ServerToClient, end)
         }
+        failed => RelayEnd::Peer(dir, failed),
     }
 }
 
 /// Lets the remaining direction run while it keeps sending.
-async fn linger<F: Future>(pump: F, seen: &AtomicU64) {
+async fn linger<F: Future>(pump: F, last: &AtomicU64) {
     tokio::pin!(pump);
-    let mut last = seen.load(Ordering::Relaxed);
     loop {
+        let before = last.load(Ordering::Relaxed);
         tokio::select! {
             _ = &mut pump => return,
             _ = tokio::time::sleep(LINGER) => {
-                let now = seen.load(Ordering::Relaxed);
-                if now == last {
+                if last.load(Ordering::Relaxed) == before {
                     tracing::debug!("the other side did not close within {LINGER:?}; closing");
                     return;
                 }
-                last = now;
             }
         }
     }
 }
 
-/// One direction: read, show the tap, forward unchanged, queue the events.
+/// Resolves when the simulated idle limit is reached; never without one.
+async fn idle_watch(shared: &Shared<'_>) -> RelayEnd {
+    let Some(cut) = &shared.opts.idle_cut else {
+        return std::future::pending().await;
+    };
+    let after = cut.after.as_millis() as u64;
+    loop {
+        let mut last = shared.last_server.load(Ordering::Relaxed);
+        if cut.count_client {
+            last = last.max(shared.last_client.load(Ordering::Relaxed));
+        }
+        let now = now_ms();
+        if now >= last + after {
+            return RelayEnd::Cut {
+                reason: "idle-timeout".into(),
+                detail: format!(
+                    "wstap cut the connection after {} without {} ({}), as that hop would, with no close frame",
+                    humantime::format_duration(cut.after),
+                    if cut.count_client { "traffic" } else { "data from the upstream" },
+                    cut.label
+                ),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(last + after - now)).await;
+    }
+}
+
+async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
+}
+
+/// One direction: read, show the tap, forward unchanged, queue the events;
+/// between frames, write what the control inbox asks for.
 async fn pump<R, W>(
     rd: &mut Inbound<R>,
     wr: &mut W,
     tap: &mut StreamTap,
-    events: &EventTx,
-    seen: &AtomicU64,
+    shared: &Shared<'_>,
+    mut inbox: mpsc::Receiver<Control>,
+    other: &mpsc::Sender<Control>,
 ) -> StreamEnd
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let dir = tap.dir();
+    let last_seen = match dir {
+        Dir::ClientToServer => &shared.last_client,
+        Dir::ServerToClient => &shared.last_server,
+    };
     let mut out: Vec<Event> = Vec::new();
+    let mut pending: VecDeque<Control> = VecDeque::new();
+    let mut inbox_open = true;
     loop {
-        if rd.buffered().is_empty() {
-            match rd.fill().await {
-                Ok(0) => {
-                    // Pass the half-close on: the peer learns no more is coming.
-                    let _ = wr.shutdown().await;
-                    return StreamEnd::Eof;
+        // what wstap wants to insert, as soon as the stream allows it
+        while let Some(c) = pending.front() {
+            let ready = if c.frame().needs_message_boundary() {
+                tap.at_message_boundary()
+            } else {
+                tap.at_frame_boundary()
+            };
+            if !ready {
+                break;
+            }
+            let Some(c) = pending.pop_front() else { break };
+            let written = write_flush(wr, &c.frame().wire).await;
+            if written.is_ok() {
+                let ev = Event::conn(SystemTime::now(), shared.conn, EventKind::Frame(c.frame().event.clone()));
+                shared.events.send(ev).await;
+            }
+            match c {
+                Control::Inject { done, .. } => {
+                    if let Some(done) = done {
+                        let _ = done.send(written.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                    }
+                    if let Err(e) = written {
+                        return StreamEnd::WriteFailed(e.to_string());
+                    }
                 }
-                Ok(_) => {}
-                Err(e) => return StreamEnd::Reset(e.to_string()),
+                Control::CloseAndEnd { reason, detail, .. } => {
+                    let _ = wr.shutdown().await;
+                    return StreamEnd::Cut { reason, detail };
+                }
             }
         }
+
+        if rd.buffered().is_empty() {
+            tokio::select! {
+                biased;
+                c = inbox.recv(), if inbox_open => {
+                    match c {
+                        Some(c) => pending.push_back(c),
+                        None => inbox_open = false,
+                    }
+                    continue;
+                }
+                r = rd.fill() => match r {
+                    Ok(0) => {
+                        // Pass the half-close on: the peer learns no more is coming.
+                        let _ = wr.shutdown().await;
+                        return StreamEnd::Eof;
+                    }
+                    Ok(_) => {}
+                    Err(e) => return StreamEnd::Reset(e.to_string()),
+                },
+            }
+        }
+
         let data = rd.buffered();
-        seen.fetch_add(data.len() as u64, Ordering::Relaxed);
-        tap.feed(data, SystemTime::now(), &mut out);
-        let n = data.len();
-        let written = async {
-            wr.write_all(data).await?;
-            wr.flush().await
-        }
-        .await;
-        if let Err(e) = written {
-            events.send_all(&mut out).await;
-            return StreamEnd::WriteFailed(e.to_string());
-        }
+        let stop = match pending.front() {
+            None => Stop::Never,
+            Some(c) if c.frame().needs_message_boundary() => Stop::MessageEnd,
+            Some(_) => Stop::FrameEnd,
+        };
+        let fed = tap.feed_until(data, SystemTime::now(), &mut out, stop);
+        let violation = fed.violation_at.filter(|_| shared.opts.strict);
+        let n = violation.unwrap_or(fed.consumed).min(fed.consumed);
+        last_seen.store(now_ms(), Ordering::Relaxed);
+        let written = if n > 0 { write_flush(wr, &data[..n]).await } else { Ok(()) };
         rd.consume(n);
         if !out.is_empty() {
-            events.send_all(&mut out).await;
+            shared.events.send_all(&mut out).await;
         }
+        if let Err(e) = written {
+            return StreamEnd::WriteFailed(e.to_string());
+        }
+        if violation.is_some() {
+            return strict_close(wr, tap, shared, other).await;
+        }
+    }
+}
+
+/// `--strict`: the sender of `tap`'s direction broke the protocol. Its
+/// receiver gets a 1002 close right where the bad frame would have been;
+/// the other pump sends the sender one at its next boundary.
+async fn strict_close<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    tap: &StreamTap,
+    shared: &Shared<'_>,
+    other: &mpsc::Sender<Control>,
+) -> StreamEnd {
+    let dir = tap.dir();
+    let reason = format!("protocol violation by the {}", dir.sender());
+    let detail = format!(
+        "--strict: wstap closed the connection with 1002 (Protocol Error) after the {} broke RFC 6455; the offending frame was not forwarded",
+        dir.sender()
+    );
+    let to_receiver = inject::close(dir, 1002, &reason, random_mask(), shared.opts.max_preview);
+    if write_flush(wr, &to_receiver.wire).await.is_ok() {
+        let ev = Event::conn(SystemTime::now(), shared.conn, EventKind::Frame(to_receiver.event));
+        shared.events.send(ev).await;
+    }
+    let _ = wr.shutdown().await;
+    let back = match dir {
+        Dir::ClientToServer => Dir::ServerToClient,
+        Dir::ServerToClient => Dir::ClientToServer,
+    };
+    let to_sender = inject::close(back, 1002, &reason, random_mask(), shared.opts.max_preview);
+    let _ = other.try_send(Control::CloseAndEnd {
+        frame: to_sender,
+        reason: "protocol-violation",
+        detail: detail.clone(),
+    });
+    StreamEnd::Cut {
+        reason: "protocol-violation",
+        detail,
     }
 }

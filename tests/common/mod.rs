@@ -331,13 +331,16 @@ impl BinProxy {
             let mut tx = Some(tx);
             let mut rd = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = rd.next_line().await {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                let addr = line
+                    .split("listening on ")
+                    .nth(1)
+                    .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string());
+                store.lock().unwrap().push(line);
+                if let Some(addr) = addr {
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(addr);
                     }
                 }
-                store.lock().unwrap().push(line);
             }
         });
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();

@@ -72,10 +72,18 @@ async fn json_log_is_on_disk_while_running_and_complete_at_sigterm() {
     );
     assert!(evs[0].conn.is_none());
     let fr = frames(&evs);
-    let previews: Vec<_> = fr.iter().filter(|f| !f.injected).map(|f| f.preview.as_str()).collect();
+    let previews: Vec<_> = fr
+        .iter()
+        .filter(|f| !f.injected)
+        .map(|f| f.preview.as_str())
+        .collect();
     assert_eq!(previews, ["first", "first", "second", "second"]);
     // at shutdown wstap sent 1001 to both sides of the open WebSocket
-    let closes: Vec<_> = fr.iter().filter(|f| f.injected).map(|f| (f.from, f.close_code)).collect();
+    let closes: Vec<_> = fr
+        .iter()
+        .filter(|f| f.injected)
+        .map(|f| (f.from, f.close_code))
+        .collect();
     assert_eq!(closes.len(), 2, "{}", dump(&evs));
     assert!(closes.iter().all(|(_, c)| *c == Some(1001)));
     assert_eq!(handshakes(&evs).len(), 1);

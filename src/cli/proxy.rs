@@ -43,6 +43,14 @@ pub struct ProxyArgs {
     /// How long the upstream may take to answer an upgrade request.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub handshake_timeout: Duration,
+    /// An idle limit you suspect on a hop (repeatable); silences of that
+    /// length before a drop are named, besides the well-known 60 s, 100 s, 3600 s.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub expect_idle_timeout: Vec<Duration>,
+    /// Close a connection with 1002 on a protocol violation instead of
+    /// reporting it and relaying on.
+    #[arg(long)]
+    pub strict: bool,
     /// How long open connections get to finish at shutdown.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub grace: Duration,
@@ -81,6 +89,8 @@ pub fn validate(args: ProxyArgs) -> anyhow::Result<ProxyRun> {
     config.header_timeout = args.header_timeout;
     config.handshake_timeout = args.handshake_timeout;
     config.grace = args.grace;
+    config.expected_idle = args.expect_idle_timeout;
+    config.strict = args.strict;
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if !args.quiet {
         sinks.push(Box::new(TerminalSink::stderr()));

@@ -53,7 +53,10 @@ pub fn judge_request(r: &RequestView, view: &str) -> Vec<Finding> {
             Finding::new(
                 "upgrade-header-missing",
                 Severity::Error,
-                format!("the {} is a WebSocket handshake without `Upgrade: websocket`", label(view)),
+                format!(
+                    "the {} is a WebSocket handshake without `Upgrade: websocket`",
+                    label(view)
+                ),
                 hop.clone(),
             )
             .header("Upgrade")
@@ -320,7 +323,10 @@ mod tests {
             method: "GET".into(),
             target: "/ws".into(),
             version: version.into(),
-            headers: headers.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
         }
     }
 
@@ -329,7 +335,10 @@ mod tests {
             status,
             reason: "x".into(),
             version: "HTTP/1.1".into(),
-            headers: headers.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
             body_preview: body.map(str::to_string),
         }
     }
@@ -347,7 +356,10 @@ mod tests {
                 ("Sec-WebSocket-Key", KEY),
                 ("Sec-WebSocket-Version", "13"),
                 ("Sec-WebSocket-Protocol", "chat, superchat"),
-                ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits"),
+                (
+                    "Sec-WebSocket-Extensions",
+                    "permessage-deflate; client_max_window_bits",
+                ),
             ],
         )
     }
@@ -390,10 +402,22 @@ mod tests {
     fn nginx_default_request_yields_the_three_findings() {
         let r = req(
             "HTTP/1.0",
-            &[("Host", "backend"), ("Connection", "close"), ("Sec-WebSocket-Key", KEY), ("Sec-WebSocket-Version", "13")],
+            &[
+                ("Host", "backend"),
+                ("Connection", "close"),
+                ("Sec-WebSocket-Key", KEY),
+                ("Sec-WebSocket-Version", "13"),
+            ],
         );
         let f = judge_request(&r, "client_request");
-        assert_eq!(codes(&f), ["upgrade-header-missing", "connection-upgrade-missing", "http-version-downgrade"]);
+        assert_eq!(
+            codes(&f),
+            [
+                "upgrade-header-missing",
+                "connection-upgrade-missing",
+                "http-version-downgrade"
+            ]
+        );
         assert_eq!(f[1].observed.as_deref(), Some("\"close\""));
         assert!(f[0].hint.contains("proxy_set_header Upgrade $http_upgrade"));
         assert!(f[0].hint.contains("Cloudflare"));
@@ -404,20 +428,39 @@ mod tests {
     fn version_other_than_13() {
         let mut r = healthy_req();
         r.headers[4].1 = "8".into();
-        assert_eq!(codes(&judge_request(&r, "client_request")), ["websocket-version-unsupported"]);
+        assert_eq!(
+            codes(&judge_request(&r, "client_request")),
+            ["websocket-version-unsupported"]
+        );
     }
 
     #[test]
     fn refusals_say_what_the_status_means() {
         let mut r = healthy_req();
-        r.headers.push(("Origin".into(), "https://evil.example".into()));
+        r.headers
+            .push(("Origin".into(), "https://evil.example".into()));
         let f = judge_response(&res(403, &[], Some("forbidden")), &r, "upstream_response");
         assert_eq!(codes(&f), ["upgrade-not-accepted"]);
-        assert!(f[0].message.contains("\"https://evil.example\""), "{}", f[0].message);
+        assert!(
+            f[0].message.contains("\"https://evil.example\""),
+            "{}",
+            f[0].message
+        );
         assert!(f[0].observed.as_deref().unwrap().contains("forbidden"));
-        let f = judge_response(&res(200, &[], Some("<!doctype html><html>")), &r, "upstream_response");
+        let f = judge_response(
+            &res(200, &[], Some("<!doctype html><html>")),
+            &r,
+            "upstream_response",
+        );
         assert!(f[0].message.contains("page handler"));
-        for (status, needle) in [(400, "broken handshake"), (426, "426"), (404, "404"), (502, "502"), (504, "504"), (505, "505")] {
+        for (status, needle) in [
+            (400, "broken handshake"),
+            (426, "426"),
+            (404, "404"),
+            (502, "502"),
+            (504, "504"),
+            (505, "505"),
+        ] {
             let f = judge_response(&res(status, &[], None), &r, "upstream_response");
             assert!(f[0].message.contains(needle), "{status}: {}", f[0].message);
         }
@@ -427,17 +470,26 @@ mod tests {
     fn accept_key_and_negotiation() {
         let mut bad = healthy_res();
         bad.headers[2].1 = "wrong=".into();
-        assert_eq!(codes(&judge_response(&bad, &healthy_req(), "upstream_response")), ["accept-key-mismatch"]);
+        assert_eq!(
+            codes(&judge_response(&bad, &healthy_req(), "upstream_response")),
+            ["accept-key-mismatch"]
+        );
         let mut missing = healthy_res();
         missing.headers.remove(2);
         let f = judge_response(&missing, &healthy_req(), "upstream_response");
         assert_eq!(f[0].observed.as_deref(), Some("(absent)"));
         let mut proto = healthy_res();
         proto.headers[3].1 = "other".into();
-        assert_eq!(codes(&judge_response(&proto, &healthy_req(), "upstream_response")), ["negotiation-mismatch"]);
+        assert_eq!(
+            codes(&judge_response(&proto, &healthy_req(), "upstream_response")),
+            ["negotiation-mismatch"]
+        );
         let mut ext = healthy_res();
         ext.headers[4].1 = "x-custom".into();
-        assert_eq!(codes(&judge_response(&ext, &healthy_req(), "upstream_response")), ["negotiation-mismatch"]);
+        assert_eq!(
+            codes(&judge_response(&ext, &healthy_req(), "upstream_response")),
+            ["negotiation-mismatch"]
+        );
     }
 
     #[test]
@@ -451,11 +503,23 @@ mod tests {
         assert_eq!(codes(&f), ["upgrade-header-missing"]);
         assert_eq!(f[0].view.as_deref(), Some("upstream_request"));
         // the client's problem shows once even though both views have it
-        let r = req("HTTP/1.0", &[("Connection", "close"), ("Sec-WebSocket-Key", KEY), ("Sec-WebSocket-Version", "13")]);
+        let r = req(
+            "HTTP/1.0",
+            &[
+                ("Connection", "close"),
+                ("Sec-WebSocket-Key", KEY),
+                ("Sec-WebSocket-Version", "13"),
+            ],
+        );
         let f = analyze(&hs(r, res(505, &[], None)));
         assert_eq!(
             codes(&f),
-            ["upgrade-header-missing", "connection-upgrade-missing", "http-version-downgrade", "upgrade-not-accepted"]
+            [
+                "upgrade-header-missing",
+                "connection-upgrade-missing",
+                "http-version-downgrade",
+                "upgrade-not-accepted"
+            ]
         );
     }
 }

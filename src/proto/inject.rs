@@ -26,10 +26,23 @@ impl Injected {
 
 /// Builds a single-frame message or control frame. `mask` is used when the
 /// frame travels to the server (clients must mask, RFC 6455 §5.3).
-pub fn frame(dir: Dir, opcode: Opcode, payload: &[u8], mask: [u8; 4], max_preview: usize) -> Injected {
+pub fn frame(
+    dir: Dir,
+    opcode: Opcode,
+    payload: &[u8],
+    mask: [u8; 4],
+    max_preview: usize,
+) -> Injected {
     let masked = dir == Dir::ClientToServer;
     let mut wire = Vec::with_capacity(payload.len() + 14);
-    encode_frame(&mut wire, true, false, opcode, masked.then_some(mask), payload);
+    encode_frame(
+        &mut wire,
+        true,
+        false,
+        opcode,
+        masked.then_some(mask),
+        payload,
+    );
     let shown = &payload[..payload.len().min(max_preview)];
     let (text, encoding) = if shown.is_empty() {
         (String::new(), super::event::Encoding::Utf8)
@@ -88,7 +101,14 @@ mod tests {
         for dir in [Dir::ClientToServer, Dir::ServerToClient] {
             let c = close(dir, 1001, &"é".repeat(100), [1, 2, 3, 4], 256);
             assert!(c.wire.len() <= 2 + 4 + 125);
-            let mut tap = StreamTap::new(ConnId(1), dir, TapConfig { max_preview: 256, ..Default::default() });
+            let mut tap = StreamTap::new(
+                ConnId(1),
+                dir,
+                TapConfig {
+                    max_preview: 256,
+                    ..Default::default()
+                },
+            );
             let mut out = Vec::new();
             tap.feed(&c.wire, std::time::SystemTime::UNIX_EPOCH, &mut out);
             assert_eq!(out.len(), 1, "no violation: {out:?}");

@@ -19,7 +19,10 @@ pub enum StreamEnd {
     WriteFailed(String),
     /// wstap stopped this direction on purpose (strict mode, shutdown, a
     /// close from the live view): a token and words.
-    Cut { reason: &'static str, detail: String },
+    Cut {
+        reason: &'static str,
+        detail: String,
+    },
 }
 
 /// Why the relay stopped, as the I/O shell saw it.
@@ -63,6 +66,9 @@ pub fn matches_limit(silence: Duration, limit: Duration) -> bool {
 #[derive(Debug, Clone)]
 pub struct EndContext<'a> {
     pub opened_at: SystemTime,
+    /// When the first direction ended (the drop itself).
+    pub dropped_at: SystemTime,
+    /// When the connection was finished (after any linger).
     pub ended_at: SystemTime,
     /// When the connection was accepted, for `duration_ms`.
     pub accepted_at: SystemTime,
@@ -144,7 +150,7 @@ pub fn summarize(
     };
 
     let lifetime = ctx
-        .ended_at
+        .dropped_at
         .duration_since(ctx.opened_at)
         .unwrap_or_default();
     let complete = cc.is_some() && sc.is_some();
@@ -167,7 +173,7 @@ pub fn summarize(
             Severity::Warning,
             format!(
                 "the {who} ended the connection without a completed close handshake after {}; {sees} sees close code 1006 (Abnormal Closure)",
-                humantime::format_duration(round_ms(lifetime))
+                human(lifetime)
             ),
             "1006 is never sent on the wire: it means the TCP connection dropped. If no side chose to end it, look for a hop that cuts connections (idle timeouts, restarts) and for crashes; end connections on purpose with a close frame (1000/1001).",
         )
@@ -184,7 +190,7 @@ pub fn summarize(
             .max()
             .unwrap_or(ctx.opened_at)
             .max(ctx.opened_at);
-        let silence = ctx.ended_at.duration_since(last).unwrap_or_default();
+        let silence = ctx.dropped_at.duration_since(last).unwrap_or_default();
         if let Some(f) = idle_finding(silence, ctx.expected_idle, who) {
             findings.push(f);
         }
@@ -209,6 +215,15 @@ pub fn summarize(
 
 fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
+}
+
+/// A duration for messages: milliseconds below a second, humantime above.
+pub fn human(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        humantime::format_duration(round_ms(d)).to_string()
+    }
 }
 
 /// An `idle-timeout-suspected` finding when `silence` matches a limit.
@@ -276,6 +291,7 @@ mod tests {
     fn ctx(ended: SystemTime) -> EndContext<'static> {
         EndContext {
             opened_at: t0(),
+            dropped_at: ended,
             ended_at: ended,
             accepted_at: t0(),
             bytes_from_client: 0,

@@ -199,7 +199,13 @@ impl StreamTap {
     /// Like [`feed`](Self::feed), but stops right after the first frame
     /// (or message) that ends inside `data`, so the caller can insert a
     /// frame there. Bytes after `consumed` were not looked at.
-    pub fn feed_until(&mut self, data: &[u8], now: SystemTime, out: &mut Vec<Event>, stop: Stop) -> Fed {
+    pub fn feed_until(
+        &mut self,
+        data: &[u8],
+        now: SystemTime,
+        out: &mut Vec<Event>,
+        stop: Stop,
+    ) -> Fed {
         self.violation_at = None;
         self.current_start = 0;
         let mut input = data;

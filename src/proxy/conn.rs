@@ -14,11 +14,11 @@ use super::io::{BoxIo, Inbound, ReadHeadError};
 use super::relay::{self, RelayOptions, Sides};
 use super::upstream::{Connected, Endpoint};
 use super::Shared;
+use crate::proto::analysis;
 use crate::proto::event::{
     millis, CloseSummary, ConnId, Dir, ErrorEvent, Event, EventKind, Finding, Handshake,
     HttpExchange, ResponseView,
 };
-use crate::proto::analysis;
 use crate::proto::failure::UpstreamFailure;
 use crate::proto::handshake::{self, Negotiated};
 use crate::proto::http::{
@@ -553,13 +553,24 @@ impl Conn {
             max_preview: shared.cfg.max_preview,
             idle_cut: shared.cfg.idle_cut.clone(),
         };
-        let end = relay::relay(id, &mut sides, &mut c2s, &mut s2c, &shared.events, &opts, &controls, inboxes).await;
+        let (end, dropped_at) = relay::relay(
+            id,
+            &mut sides,
+            &mut c2s,
+            &mut s2c,
+            &shared.events,
+            &opts,
+            &controls,
+            inboxes,
+        )
+        .await;
         if let Ok(mut open) = shared.open.lock() {
             open.remove(&id);
         }
         let ended = SystemTime::now();
         let ctx = EndContext {
             opened_at: opened,
+            dropped_at,
             ended_at: ended,
             accepted_at: accepted,
             bytes_from_client: sides.client_rd.total,

@@ -8,9 +8,9 @@ pub mod io;
 pub mod relay;
 pub mod upstream;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -97,7 +97,13 @@ impl Shared {
         };
         for c in open {
             for dir in [Dir::ClientToServer, Dir::ServerToClient] {
-                let frame = inject::close(dir, code, reason, relay::random_mask(), self.cfg.max_preview);
+                let frame = inject::close(
+                    dir,
+                    code,
+                    reason,
+                    relay::random_mask(),
+                    self.cfg.max_preview,
+                );
                 let _ = c.toward(dir).try_send(relay::Control::CloseAndEnd {
                     frame,
                     reason: "shutdown",

@@ -129,7 +129,9 @@ pub fn random_mask() -> [u8; 4] {
         .fill(&mut m)
         .is_err()
     {
-        let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         m = (t.subsec_nanos() ^ 0x5a5a_a5a5).to_le_bytes();
     }
     m
@@ -153,7 +155,8 @@ fn now_ms() -> u64 {
 }
 
 /// Relays until both directions end, one fails, or wstap cuts the
-/// connection. Returns how it ended; the taps hold the rest.
+/// connection. Returns how it ended and when the first direction ended
+/// (the moment a drop happened, before any linger); the taps hold the rest.
 #[allow(clippy::too_many_arguments)] // the two sides, two taps and two channels belong together
 pub async fn relay<CR, CW, UR, UW>(
     conn: ConnId,
@@ -164,7 +167,7 @@ pub async fn relay<CR, CW, UR, UW>(
     opts: &RelayOptions,
     controls: &Controls,
     inboxes: Inboxes,
-) -> RelayEnd
+) -> (RelayEnd, SystemTime)
 where
     CR: AsyncRead + Unpin,
     CW: AsyncWrite + Unpin,
@@ -204,9 +207,15 @@ where
     let idle = idle_watch(&shared);
     tokio::pin!(up, down, idle);
     tokio::select! {
-        end = &mut up => after_first(Dir::ClientToServer, end, down, &shared.last_server).await,
-        end = &mut down => after_first(Dir::ServerToClient, end, up, &shared.last_client).await,
-        cut = &mut idle => cut,
+        end = &mut up => {
+            let at = SystemTime::now();
+            (after_first(Dir::ClientToServer, end, down, &shared.last_server).await, at)
+        }
+        end = &mut down => {
+            let at = SystemTime::now();
+            (after_first(Dir::ServerToClient, end, up, &shared.last_client).await, at)
+        }
+        cut = &mut idle => (cut, SystemTime::now()),
     }
 }
 
@@ -319,7 +328,11 @@ where
             let Some(c) = pending.pop_front() else { break };
             let written = write_flush(wr, &c.frame().wire).await;
             if written.is_ok() {
-                let ev = Event::conn(SystemTime::now(), shared.conn, EventKind::Frame(c.frame().event.clone()));
+                let ev = Event::conn(
+                    SystemTime::now(),
+                    shared.conn,
+                    EventKind::Frame(c.frame().event.clone()),
+                );
                 shared.events.send(ev).await;
             }
             match c {
@@ -370,7 +383,11 @@ where
         let violation = fed.violation_at.filter(|_| shared.opts.strict);
         let n = violation.unwrap_or(fed.consumed).min(fed.consumed);
         last_seen.store(now_ms(), Ordering::Relaxed);
-        let written = if n > 0 { write_flush(wr, &data[..n]).await } else { Ok(()) };
+        let written = if n > 0 {
+            write_flush(wr, &data[..n]).await
+        } else {
+            Ok(())
+        };
         rd.consume(n);
         if !out.is_empty() {
             shared.events.send_all(&mut out).await;
@@ -401,7 +418,11 @@ async fn strict_close<W: AsyncWrite + Unpin>(
     );
     let to_receiver = inject::close(dir, 1002, &reason, random_mask(), shared.opts.max_preview);
     if write_flush(wr, &to_receiver.wire).await.is_ok() {
-        let ev = Event::conn(SystemTime::now(), shared.conn, EventKind::Frame(to_receiver.event));
+        let ev = Event::conn(
+            SystemTime::now(),
+            shared.conn,
+            EventKind::Frame(to_receiver.event),
+        );
         shared.events.send(ev).await;
     }
     let _ = wr.shutdown().await;

@@ -416,3 +416,30 @@ pub fn closed_port() -> (tokio::net::TcpSocket, u16) {
     let port = s.local_addr().unwrap().port();
     (s, port)
 }
+
+pub mod nginx;
+
+/// An echo upstream that accepts any request carrying `Sec-WebSocket-Key`
+/// with a 101, whatever else a hop stripped (as lenient servers do), then
+/// echoes messages.
+pub async fn lenient_echo() -> SocketAddr {
+    scripted_upstream(|mut s| async move {
+        let head = String::from_utf8_lossy(&read_head(&mut s).await).into_owned();
+        let key = head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case("sec-websocket-key").then(|| v.trim().to_string())
+        });
+        let Some(key) = key else {
+            send(&mut s, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n").await;
+            return;
+        };
+        let resp = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            wstap::proto::handshake::accept_key(&key)
+        );
+        send(&mut s, resp.as_bytes()).await;
+        let ws = WebSocketStream::from_raw_socket(s, tokio_tungstenite::tungstenite::protocol::Role::Server, Some(echo::unlimited())).await;
+        echo::echo(ws).await;
+    })
+    .await
+}

@@ -70,7 +70,7 @@ pub fn judge_request(r: &RequestView, view: &str) -> Vec<Finding> {
             Finding::new(
                 "connection-upgrade-missing",
                 Severity::Error,
-                format!("the {}'s `Connection` header lacks the `upgrade` token", label(view)),
+                format!("the {} has no `upgrade` token in its `Connection` header", label(view)),
                 "The server will not switch protocols without it. nginx sends `Connection: close` to backends unless told `proxy_set_header Connection \"upgrade\";` (with `proxy_set_header Upgrade $http_upgrade;` and `proxy_http_version 1.1;`); other hops need their WebSocket/upgrade support enabled.",
             )
             .header("Connection")
@@ -112,8 +112,8 @@ pub fn judge_request(r: &RequestView, view: &str) -> Vec<Finding> {
 
 fn label(view: &str) -> &'static str {
     match view {
-        "client_request" => "request from the client",
-        "upstream_request" => "request sent upstream",
+        "client_request" => "client's request",
+        "upstream_request" => "request wstap sent upstream",
         "upstream_response" => "upstream's response",
         "client_response" => "response to the client",
         _ => "message",
@@ -203,7 +203,7 @@ pub fn judge_response(res: &ResponseView, req: &RequestView, view: &str) -> Vec<
             Finding::new(
                 "upgrade-not-accepted",
                 Severity::Error,
-                format!("upgrade not accepted: {what}"),
+                format!("the upgrade was not accepted: {what}"),
                 hint,
             )
             .expected("101 Switching Protocols")

@@ -160,7 +160,10 @@ mod tests {
         frames
     }
 
-    fn sample() -> (Vec<u8>, Vec<(Opcode, Vec<u8>, Option<[u8; 4]>)>) {
+    /// A frame to encode: opcode, payload, mask.
+    type Spec = (Opcode, Vec<u8>, Option<[u8; 4]>);
+
+    fn sample() -> (Vec<u8>, Vec<Spec>) {
         let specs = vec![
             (Opcode::Text, b"hello".to_vec(), Some([1, 2, 3, 4])),
             (Opcode::Binary, vec![], None),

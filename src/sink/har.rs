@@ -670,10 +670,10 @@ impl HarLog {
             response,
             cache: Empty {},
             timings: Timings {
-                blocked: -1.0,
-                dns: -1.0,
-                connect: -1.0,
-                ssl: -1.0,
+                blocked: -1,
+                dns: -1,
+                connect: -1,
+                ssl: -1,
                 send: 0.0,
                 wait: total,
                 receive: 0.0,
@@ -686,6 +686,7 @@ impl HarLog {
             resource_type: ws.map(|_| "websocket"),
             messages: ws.map(Messages),
             dropped_messages: ws.map_or(0, |w| w.dropped),
+            open: ws.is_some_and(|w| w.open),
         }
     }
 }
@@ -899,6 +900,13 @@ struct EntryOut<'a> {
     messages: Option<Messages<'a>>,
     #[serde(rename = "_wstapDroppedMessages", skip_serializing_if = "is_zero")]
     dropped_messages: u64,
+    /// The connection was still open when the file was written.
+    #[serde(rename = "_wstapOpen", skip_serializing_if = "is_false")]
+    open: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -953,10 +961,10 @@ struct NameValue<'a> {
 
 #[derive(Serialize)]
 struct Timings {
-    blocked: f64,
-    dns: f64,
-    connect: f64,
-    ssl: f64,
+    blocked: i64,
+    dns: i64,
+    connect: i64,
+    ssl: i64,
     send: f64,
     wait: f64,
     receive: f64,
@@ -1285,6 +1293,7 @@ mod tests {
         }
         // still open (wstap exiting): the unfinished message is shown
         let v = log.to_value();
+        assert_eq!(v["log"]["entries"][0]["_wstapOpen"], true);
         let m = messages(&v, 0);
         assert_eq!(m.len(), 2);
         assert_eq!(
@@ -1302,6 +1311,7 @@ mod tests {
         log.event(&close(1, 6));
         log.event(&frame(1, 7, S, Opcode::Text, true, b"late", l));
         let v = log.to_value();
+        assert!(v["log"]["entries"][0].get("_wstapOpen").is_none());
         let m = messages(&v, 0);
         assert_eq!(m.len(), 2);
         assert_eq!(m[1]["_incomplete"], true);

@@ -16,6 +16,7 @@ use crate::demo::script;
 use crate::proto::event::EventKind;
 use crate::proxy::ProxyConfig;
 use crate::sink::collect::{CollectSink, Collected};
+use crate::sink::har::{self, HarOptions, HarSink};
 use crate::sink::ndjson::NdjsonSink;
 use crate::sink::terminal::TerminalSink;
 use crate::sink::Sink;
@@ -26,6 +27,9 @@ pub struct DemoArgs {
     /// Also write the event stream as NDJSON to FILE (`-` for stdout).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Also write a HAR (import it in Chrome DevTools' Network panel).
+    #[arg(long, value_name = "FILE")]
+    pub har: Option<PathBuf>,
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -47,7 +51,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     let upstream = format!("ws://{echo_addr}").parse()?;
-    let config = ProxyConfig::new("127.0.0.1:0".parse()?, upstream);
+    let mut config = ProxyConfig::new("127.0.0.1:0".parse()?, upstream);
+    if let Some(path) = &args.har {
+        sinks.push(Box::new(
+            HarSink::create(path, HarOptions::default())
+                .with_context(|| format!("--har {}", path.display()))?,
+        ));
+        config.capture = har::capture_for(har::DEFAULT_MAX_PAYLOAD);
+    }
     let running = start(ProxyRun {
         config,
         sinks,

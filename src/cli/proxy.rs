@@ -12,6 +12,7 @@ use clap::Args;
 use crate::bus;
 use crate::proxy::upstream::UpstreamUrl;
 use crate::proxy::{Proxy, ProxyConfig};
+use crate::sink::har::{self, HarOptions, HarSink};
 use crate::sink::ndjson::NdjsonSink;
 use crate::sink::terminal::TerminalSink;
 use crate::sink::{spawn_dispatcher, Sink};
@@ -28,6 +29,14 @@ pub struct ProxyArgs {
     /// Write the event stream as NDJSON to FILE (`-` for stdout).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Write a HAR 1.2 file (Chrome's format, WebSocket messages included)
+    /// to FILE at exit and as connections end.
+    #[arg(long, value_name = "FILE")]
+    pub har: Option<PathBuf>,
+    /// Payload bytes kept per WebSocket message in the HAR; longer
+    /// messages are cut and marked `_truncated`.
+    #[arg(long, default_value_t = har::DEFAULT_MAX_PAYLOAD, value_name = "BYTES")]
+    pub har_max_payload: usize,
     /// No human log on stderr.
     #[arg(long)]
     pub quiet: bool,
@@ -83,6 +92,13 @@ pub fn validate(args: ProxyArgs) -> anyhow::Result<ProxyRun> {
             args.max_preview
         );
     }
+    if args.har_max_payload > har::MAX_PAYLOAD_LIMIT {
+        bail!(
+            "--har-max-payload {} is more than {} MiB; every open connection holds that much per direction",
+            args.har_max_payload,
+            har::MAX_PAYLOAD_LIMIT >> 20
+        );
+    }
     let mut config = ProxyConfig::new(listen, upstream);
     config.max_preview = args.max_preview;
     config.connect_timeout = args.connect_timeout;
@@ -99,6 +115,13 @@ pub fn validate(args: ProxyArgs) -> anyhow::Result<ProxyRun> {
         let sink =
             NdjsonSink::create(path).with_context(|| format!("--json {}", path.display()))?;
         sinks.push(Box::new(sink));
+    }
+    if let Some(path) = &args.har {
+        let sink = HarSink::create(path, HarOptions::new(args.har_max_payload))
+            .with_context(|| format!("--har {}", path.display()))?;
+        sinks.push(Box::new(sink));
+        // the taps attach each frame's payload to its event for the HAR
+        config.capture = har::capture_for(args.har_max_payload);
     }
     Ok(ProxyRun {
         config,

@@ -160,6 +160,7 @@ mod tests {
         frames
     }
 
+    /// A frame to encode: opcode, payload, mask.
     type Spec = (Opcode, Vec<u8>, Option<[u8; 4]>);
 
     fn sample() -> (Vec<u8>, Vec<Spec>) {

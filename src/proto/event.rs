@@ -99,6 +99,13 @@ pub struct Handshake {
     pub upstream_request: Option<RequestView>,
     pub upstream_response: Option<ResponseView>,
     pub client_response: Option<ResponseView>,
+    /// From the client's request head to the upstream's answer (and, for a
+    /// refused upgrade, its body) passed back, when timed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<f64>,
+    /// The upstream address (`ip:port`) the request went to, when connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_addr: Option<String>,
 }
 
 /// A request head as it was on the wire: header order, case and duplicates.
@@ -266,6 +273,15 @@ pub struct HttpExchange {
     pub request_bytes: u64,
     #[serde(default)]
     pub response_bytes: u64,
+    /// The request head as the client sent it (HAR needs its headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_request: Option<RequestView>,
+    /// The response head as the client got it; `null` when none came back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_response: Option<ResponseView>,
+    /// The upstream address (`ip:port`) the request went to, when connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_addr: Option<String>,
 }
 
 /// How a connection ended; one per connection, its last event.

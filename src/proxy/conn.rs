@@ -333,6 +333,8 @@ impl Conn {
         let client_resp_raw = resp_raw;
         hs.upstream_response = Some(resp.view());
         hs.client_response = Some(client_resp.view());
+        hs.upstream_addr = self.upstream.as_ref().map(|u| u.addr.to_string());
+        hs.duration_ms = Some(millis(started.elapsed()));
         if let Err(e) = write_flush(&mut self.client_wr, &client_resp_raw).await {
             self.drop_upstream();
             if attempt {
@@ -349,7 +351,7 @@ impl Conn {
                 self.emit_handshake(hs).await;
                 return Step::Upgrade(client_resp);
             }
-            return self.tunnel(&req, started).await;
+            return self.tunnel(&req, hs.client_response.take(), started).await;
         }
 
         let resp_framing = match response_body(&req.method, &resp) {
@@ -376,6 +378,7 @@ impl Conn {
             copy_body(&mut up.rd, &mut self.client_wr, resp_framing, capture).await
         };
         if attempt {
+            hs.duration_ms = Some(millis(started.elapsed()));
             if !captured.is_empty() {
                 let (text, _) = preview::render(&captured, false, true);
                 for view in [&mut hs.upstream_response, &mut hs.client_response] {
@@ -394,6 +397,9 @@ impl Conn {
                 duration_ms: millis(started.elapsed()),
                 request_bytes: 0,
                 response_bytes,
+                client_request: hs.client_request.take(),
+                client_response: hs.client_response.take(),
+                upstream_addr: hs.upstream_addr.take(),
             }))
             .await;
         }
@@ -474,6 +480,7 @@ impl Conn {
             let mut view = head.view();
             view.body_preview = Some(f.message());
             hs.client_response = Some(view);
+            hs.duration_ms = Some(millis(started.elapsed()));
             self.emit_handshake(hs).await;
         } else {
             self.emit(EventKind::Http(HttpExchange {
@@ -483,6 +490,9 @@ impl Conn {
                 duration_ms: millis(started.elapsed()),
                 request_bytes: 0,
                 response_bytes: 0,
+                client_request: hs.client_request.take(),
+                client_response: Some(head.view()),
+                upstream_addr: None,
             }))
             .await;
         }
@@ -492,7 +502,13 @@ impl Conn {
 
     /// A 101 to something other than a WebSocket (h2c, ...): bytes pass
     /// both ways undecoded.
-    async fn tunnel(&mut self, req: &RequestHead, started: Instant) -> Step {
+    async fn tunnel(
+        &mut self,
+        req: &RequestHead,
+        client_response: Option<ResponseView>,
+        started: Instant,
+    ) -> Step {
+        let upstream_addr = self.upstream.as_ref().map(|u| u.addr.to_string());
         self.emit(EventKind::Http(HttpExchange {
             method: req.method.clone(),
             target: req.target.clone(),
@@ -500,6 +516,9 @@ impl Conn {
             duration_ms: millis(started.elapsed()),
             request_bytes: 0,
             response_bytes: 0,
+            client_request: Some(req.view()),
+            client_response,
+            upstream_addr,
         }))
         .await;
         let Some(up) = self.upstream.as_mut() else {

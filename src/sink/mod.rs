@@ -3,6 +3,7 @@
 //! failing sink is reported once and switched off, never taking others down.
 
 pub mod collect;
+pub mod har;
 pub mod ndjson;
 pub mod terminal;
 
@@ -24,6 +25,13 @@ pub trait Sink: Send {
     /// Make everything so far visible (on disk, on screen).
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+
+    /// When the sink needs `flush` called even if no event comes by then:
+    /// a sink that throttles its writes (HAR) defers one this way. `None`
+    /// when nothing is pending.
+    fn flush_due(&self) -> Option<Instant> {
+        None
     }
 
     /// The stream ended; `dropped` events were lost in lossy mode.
@@ -97,10 +105,16 @@ pub fn spawn_dispatcher(
                 let mut dirty: Option<Instant> = None;
                 loop {
                     batch.clear();
-                    let got = match dirty {
+                    let due = slots
+                        .iter()
+                        .filter(|s| !s.failed)
+                        .filter_map(|s| s.sink.flush_due())
+                        .chain(dirty.map(|since| since + FLUSH_EVERY))
+                        .min();
+                    let got = match due {
                         None => rx.recv_many(&mut batch, 256).await,
-                        Some(since) => {
-                            let deadline = tokio::time::Instant::from_std(since + FLUSH_EVERY);
+                        Some(due) => {
+                            let deadline = tokio::time::Instant::from_std(due);
                             match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, 256))
                                 .await
                             {

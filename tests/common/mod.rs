@@ -20,7 +20,7 @@ use wstap::proto::event::{
 };
 use wstap::proxy::{Proxy, ProxyConfig};
 use wstap::sink::collect::{CollectSink, Collected};
-use wstap::sink::spawn_dispatcher;
+use wstap::sink::{spawn_dispatcher, Sink};
 use wstap::tls::client::{client_config, TrustOptions};
 
 /// The longest any single step of a test may take.
@@ -57,6 +57,16 @@ impl TestProxy {
         tweak: impl FnOnce(&mut ProxyConfig),
         trust: TrustOptions,
     ) -> TestProxy {
+        Self::start_with_sinks(upstream, tweak, trust, Vec::new()).await
+    }
+
+    /// Like `start_full`, with more sinks beside the collector.
+    pub async fn start_with_sinks(
+        upstream: &str,
+        tweak: impl FnOnce(&mut ProxyConfig),
+        trust: TrustOptions,
+        extra: Vec<Box<dyn Sink>>,
+    ) -> TestProxy {
         let mut cfg = ProxyConfig::new(
             "127.0.0.1:0".parse().unwrap(),
             upstream.parse().expect("upstream URL"),
@@ -65,7 +75,9 @@ impl TestProxy {
         tweak(&mut cfg);
         let events = Collected::default();
         let (tx, rx) = bus::channel(bus::DEFAULT_CAPACITY, false);
-        let dispatcher = spawn_dispatcher(rx, vec![Box::new(CollectSink(events.clone()))]).unwrap();
+        let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(CollectSink(events.clone()))];
+        sinks.extend(extra);
+        let dispatcher = spawn_dispatcher(rx, sinks).unwrap();
         let proxy = Proxy::bind(cfg, client_config(&trust).unwrap(), tx)
             .await
             .unwrap();

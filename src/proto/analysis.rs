@@ -384,6 +384,7 @@ mod tests {
             upstream_request: Some(req),
             upstream_response: Some(res.clone()),
             client_response: Some(res),
+            ..Default::default()
         }
     }
 

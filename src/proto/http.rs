@@ -133,6 +133,8 @@ impl Headers for ResponseHead {
 pub enum HeadError {
     #[error("head larger than {MAX_HEAD_BYTES} bytes")]
     TooLarge,
+    #[error("request line longer than {MAX_HEAD_BYTES} bytes")]
+    LineTooLong,
     #[error("more than {MAX_HEADERS} header lines")]
     TooManyHeaders,
     #[error("malformed HTTP head: {0}")]
@@ -143,7 +145,10 @@ impl HeadError {
     /// The status to answer a client whose request head failed this way.
     pub fn status(&self) -> u16 {
         match self {
-            HeadError::TooLarge | HeadError::TooManyHeaders => 431,
+            // a request line over the limit could be 414 (URI Too Long);
+            // 431 keeps one answer for "the head is too big", and the
+            // message says which part was
+            HeadError::TooLarge | HeadError::LineTooLong | HeadError::TooManyHeaders => 431,
             HeadError::Malformed(_) => 400,
         }
     }
@@ -169,15 +174,65 @@ fn collect_headers(raw: &[httparse::Header<'_>]) -> Vec<Header> {
         .collect()
 }
 
+/// The bytes of `buf` that can belong to a head: up to and including the
+/// first empty line, or all of it when no empty line came yet.
+fn head_region(buf: &[u8]) -> &[u8] {
+    let mut prev_lf = false;
+    for (i, &b) in buf.iter().enumerate() {
+        match b {
+            b'\n' if prev_lf => return &buf[..=i],
+            b'\n' => prev_lf = true,
+            b'\r' => {}
+            _ => prev_lf = false,
+        }
+    }
+    buf
+}
+
+/// What httparse lets through but a request head must not carry.
+///
+/// Bare LF: RFC 9112 §2.2 lets a recipient accept a lone LF as a line end,
+/// but wstap forwards the head as it came, and a hop or server that reads
+/// the same bytes differently is how requests get smuggled. So a request
+/// line or header ending in a lone LF is refused with 400, saying where.
+/// NUL: never valid in a head (RFC 9110 §5.5); named, as it usually means
+/// a binary protocol talking to an HTTP port.
+fn check_request_bytes(head: &[u8]) -> Result<(), HeadError> {
+    for (i, &b) in head.iter().enumerate() {
+        if b == 0 {
+            return Err(HeadError::Malformed(format!(
+                "NUL byte at offset {i} of the request head"
+            )));
+        }
+        if b == b'\n' && (i == 0 || head[i - 1] != b'\r') {
+            return Err(HeadError::Malformed(format!(
+                "bare LF line ending at offset {i} (HTTP/1.1 lines end in CRLF; wstap does not accept a lone LF)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Parses a request head from the start of `buf`.
 pub fn parse_request_head(buf: &[u8]) -> Result<Parsed<RequestHead>, HeadError> {
+    // 0x16 0x03 opens a TLS record; no method starts with 0x16
+    if buf.len() >= 2 && buf[0] == 0x16 && buf[1] == 0x03 {
+        return Err(HeadError::Malformed(
+            "a TLS handshake (ClientHello) on a plain-HTTP listener: the client speaks https/wss here".into(),
+        ));
+    }
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut storage);
-    match req.parse(buf) {
+    let parsed = req.parse(buf);
+    if !matches!(parsed, Ok(httparse::Status::Complete(_))) {
+        check_request_bytes(head_region(&buf[..buf.len().min(MAX_HEAD_BYTES)]))?;
+    }
+    match parsed {
         Ok(httparse::Status::Complete(n)) => {
             if n > MAX_HEAD_BYTES {
                 return Err(HeadError::TooLarge);
             }
+            check_request_bytes(&buf[..n])?;
             Ok(Parsed::Done(
                 RequestHead {
                     method: req.method.unwrap_or_default().to_string(),
@@ -188,7 +243,13 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Parsed<RequestHead>, HeadError> 
                 n,
             ))
         }
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+            if buf[..MAX_HEAD_BYTES].contains(&b'\n') {
+                Err(HeadError::TooLarge)
+            } else {
+                Err(HeadError::LineTooLong)
+            }
+        }
         Ok(httparse::Status::Partial) => Ok(Parsed::Incomplete),
         Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooManyHeaders),
         Err(e) => Err(HeadError::Malformed(describe(e))),
@@ -580,6 +641,50 @@ mod tests {
         let mut line = b"GET /".to_vec();
         line.extend_from_slice(&huge);
         assert_eq!(parse_request_head(&line).unwrap_err().status(), 431);
+    }
+
+    #[test]
+    fn hostile_request_heads_are_named() {
+        let err = |raw: &[u8]| parse_request_head(raw).unwrap_err();
+        // bare LF, complete or not, anywhere in the head
+        for raw in [
+            &b"GET / HTTP/1.1\nHost: a\n\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\n",
+        ] {
+            let e = err(raw);
+            assert_eq!(e.status(), 400);
+            assert!(e.to_string().contains("bare LF"), "{e}");
+        }
+        // NUL in the target, a header name or a value
+        for raw in [
+            &b"GET /\0 HTTP/1.1\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nX\0: ab\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\0b\r\n",
+        ] {
+            let e = err(raw);
+            assert_eq!(e.status(), 400);
+            assert!(e.to_string().contains("NUL byte"), "{e}");
+        }
+        let e = err(b"\x16\x03\x01\x02\x00\x01\x00");
+        assert!(e.to_string().contains("TLS handshake"), "{e}");
+        // a body after the head may hold any bytes
+        assert!(matches!(
+            parse_request_head(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n\0\n\0"),
+            Ok(Parsed::Done(_, 38))
+        ));
+        let mut line = b"GET /".to_vec();
+        line.extend(std::iter::repeat_n(b'a', 100 * 1024));
+        let e = err(&line);
+        assert_eq!((e.clone(), e.status()), (HeadError::LineTooLong, 431));
+        let mut big = b"GET / HTTP/1.1\r\n".to_vec();
+        while big.len() <= MAX_HEAD_BYTES {
+            big.extend_from_slice(b"X-Filler: ");
+            big.extend(std::iter::repeat_n(b'v', 1000));
+            big.extend_from_slice(b"\r\n");
+        }
+        // fewer lines than MAX_HEADERS would need: size, not count, is over
+        assert_eq!(parse_request_head(&big), Err(HeadError::TooLarge));
     }
 
     #[test]

@@ -173,7 +173,7 @@ mod tests {
         let mut r = Inbound::new(&big[..]);
         let e = r.read_head(parse_request_head).await.unwrap_err();
         assert!(
-            matches!(e, ReadHeadError::Head(HeadError::TooLarge)),
+            matches!(e, ReadHeadError::Head(HeadError::LineTooLong)),
             "{e:?}"
         );
     }

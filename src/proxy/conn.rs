@@ -29,6 +29,11 @@ use crate::proto::preview;
 use crate::proto::session::{summarize, EndContext};
 use crate::proto::stream::{StreamTap, TapConfig};
 
+/// After refusing a request head, input still read (and dropped) so the
+/// answer is not destroyed by a reset; see `Inbound::discard`.
+const LINGER_BYTES: u64 = 1024 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(2);
+
 /// Bytes of a refused upgrade's body kept for the log.
 const BODY_PREVIEW: usize = 512;
 
@@ -211,6 +216,9 @@ impl Conn {
         if status != 0 {
             let (_, bytes) = own_response(status, &format!("wstap: {message}\n"));
             let _ = write_flush(&mut self.client_wr, &bytes).await;
+            // hardening: let the answer reach the client before closing
+            let _ = self.client_wr.shutdown().await;
+            self.client_rd.discard(LINGER_BYTES, LINGER_TIME).await;
         }
         End::new("bad-request", message)
     }

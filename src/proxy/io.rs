@@ -126,6 +126,30 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
         }
     }
 
+    /// Reads and throws away what the peer still sends, until it closes,
+    /// `max_bytes` have gone by or `limit` passes. Called after answering
+    /// a request wstap refused: closing a socket with unread input makes
+    /// the kernel send RST, which can destroy the answer before the client
+    /// reads it (the "lingering close" of RFC 9112 §9.6).
+    pub async fn discard(&mut self, max_bytes: u64, limit: Duration) {
+        self.buf.clear();
+        self.start = 0;
+        let mut left = max_bytes;
+        let _ = tokio::time::timeout(limit, async {
+            while left > 0 {
+                match self.fill().await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        left = left.saturating_sub(n as u64);
+                        self.buf.clear();
+                        self.start = 0;
+                    }
+                }
+            }
+        })
+        .await;
+    }
+
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.io
     }

@@ -259,6 +259,7 @@ async fn an_idle_connection_that_never_sends_gets_408() {
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     let resp = read_all(&mut s).await;
     assert_eq!(status_of(&resp), Some(408));
+    drop(s);
     let evs = proxy.wait_closes(1).await;
     assert_eq!(error_messages(&evs).len(), 1, "{}", dump(&evs));
     assert_eq!(closes(&evs)[0].reason, "bad-request");

@@ -24,9 +24,15 @@ pub struct EventTx {
 pub struct EventRx {
     pub(crate) rx: mpsc::Receiver<Event>,
     pub(crate) dropped: Arc<AtomicU64>,
+    lossy: bool,
 }
 
 impl EventRx {
+    /// Whether senders drop events rather than wait (`--lossy-log`).
+    pub fn is_lossy(&self) -> bool {
+        self.lossy
+    }
+
     /// Events dropped so far in lossy mode.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -58,7 +64,7 @@ pub fn channel(capacity: usize, lossy: bool) -> (EventTx, EventRx) {
             lossy,
             dropped: dropped.clone(),
         },
-        EventRx { rx, dropped },
+        EventRx { rx, dropped, lossy },
     )
 }
 

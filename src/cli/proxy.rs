@@ -15,7 +15,7 @@ use crate::proxy::{Proxy, ProxyConfig};
 use crate::sink::har::{self, HarOptions, HarSink};
 use crate::sink::ndjson::NdjsonSink;
 use crate::sink::terminal::TerminalSink;
-use crate::sink::{spawn_dispatcher, Sink};
+use crate::sink::{spawn_dispatcher_with, DispatchOptions, Sink};
 use crate::tls::client::{client_config, TrustOptions};
 
 #[derive(Debug, Args)]
@@ -63,6 +63,15 @@ pub struct ProxyArgs {
     /// How long open connections get to finish at shutdown.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub grace: Duration,
+    // --- hardening (issue 7) ---
+    /// Let outputs drop events (counted in `dropped` events) rather than
+    /// slow the relay when they cannot keep up.
+    #[arg(long)]
+    pub lossy_log: bool,
+    /// Show credentials (Authorization, cookies, API keys, secret query
+    /// parameters) in every output instead of `<redacted N bytes>`.
+    #[arg(long)]
+    pub show_secrets: bool,
 }
 
 /// Turns `--listen` into one address (names like `localhost:9000` resolve).
@@ -81,6 +90,15 @@ pub struct ProxyRun {
     pub config: ProxyConfig,
     pub sinks: Vec<Box<dyn Sink>>,
     pub trust: TrustOptions,
+    /// `--lossy-log` and `--show-secrets`.
+    pub outputs: Outputs,
+}
+
+/// How events reach the outputs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outputs {
+    pub lossy: bool,
+    pub show_secrets: bool,
 }
 
 pub fn validate(args: ProxyArgs) -> anyhow::Result<ProxyRun> {
@@ -127,6 +145,10 @@ pub fn validate(args: ProxyArgs) -> anyhow::Result<ProxyRun> {
         config,
         sinks,
         trust: TrustOptions::default(),
+        outputs: Outputs {
+            lossy: args.lossy_log,
+            show_secrets: args.show_secrets,
+        },
     })
 }
 
@@ -146,8 +168,12 @@ pub struct Running {
 
 /// Binds and starts a validated proxy; it runs until [`Running::stop`].
 pub async fn start(run: ProxyRun) -> anyhow::Result<Running> {
-    let (tx, rx) = bus::channel(bus::DEFAULT_CAPACITY, false);
-    let dispatcher = spawn_dispatcher(rx, run.sinks).context("starting the output thread")?;
+    let (tx, rx) = bus::channel(bus::DEFAULT_CAPACITY, run.outputs.lossy);
+    let opts = DispatchOptions {
+        redact: !run.outputs.show_secrets,
+    };
+    let dispatcher =
+        spawn_dispatcher_with(rx, run.sinks, opts).context("starting the output thread")?;
     let tls = client_config(&run.trust)?;
     let upstream = run.config.upstream.to_string();
     let proxy = Proxy::bind(run.config, tls, tx).await?;

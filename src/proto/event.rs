@@ -82,6 +82,7 @@ pub enum EventKind {
     Http(HttpExchange),
     Close(CloseSummary),
     Error(ErrorEvent),
+    Dropped(Dropped),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -306,6 +307,17 @@ pub struct CloseSummary {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorEvent {
     pub message: String,
+}
+
+/// `--lossy-log` only: events the outputs did not get because they could
+/// not keep up. Written by the sink thread (no `conn`) soon after drops
+/// happen, and once more as the last event, with the final total.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dropped {
+    /// Events lost since the previous `dropped` event.
+    pub count: u64,
+    /// Events lost since wstap started.
+    pub total: u64,
 }
 
 /// Milliseconds with microsecond resolution, as event durations use.

@@ -339,7 +339,7 @@ impl HarLog {
                     self.on_close(conn);
                 }
             }
-            EventKind::Finding(_) | EventKind::Error(_) => {}
+            EventKind::Finding(_) | EventKind::Error(_) | EventKind::Dropped(_) => {}
         }
     }
 

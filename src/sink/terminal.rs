@@ -293,6 +293,17 @@ impl Sink for TerminalSink {
                     .severity(Severity::Error, &format!("error: {}", e.message));
                 self.line(ts, conn, &text)
             }
+            EventKind::Dropped(d) if d.count == 0 => Ok(()),
+            EventKind::Dropped(d) => {
+                let text = self.style.severity(
+                    Severity::Warning,
+                    &format!(
+                        "{} events dropped (--lossy-log: the outputs could not keep up; {} so far)",
+                        d.count, d.total
+                    ),
+                );
+                self.line(ts, conn, &text)
+            }
             EventKind::Close(c) => {
                 let worst = conn.and_then(|c| self.worst.remove(&c));
                 if !c.websocket && worst.is_none() {

@@ -72,6 +72,10 @@ pub struct ProxyArgs {
     /// parameters) in every output instead of `<redacted N bytes>`.
     #[arg(long)]
     pub show_secrets: bool,
+    /// Who may connect (repeatable): a CIDR range or an address. Others are
+    /// closed at accept and logged. When given, loopback needs an entry too.
+    #[arg(long, value_parser = crate::proxy::allow::parse_allow, value_name = "CIDR")]
+    pub allow: Vec<ipnet::IpNet>,
 }
 
 /// Turns `--listen` into one address (names like `localhost:9000` resolve).
@@ -125,6 +129,7 @@ pub fn validate(args: ProxyArgs) -> anyhow::Result<ProxyRun> {
     config.grace = args.grace;
     config.expected_idle = args.expect_idle_timeout;
     config.strict = args.strict;
+    config.allow = args.allow;
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if !args.quiet {
         sinks.push(Box::new(TerminalSink::stderr()));
@@ -176,9 +181,13 @@ pub async fn start(run: ProxyRun) -> anyhow::Result<Running> {
         spawn_dispatcher_with(rx, run.sinks, opts).context("starting the output thread")?;
     let tls = client_config(&run.trust)?;
     let upstream = run.config.upstream.to_string();
+    let allow = run.config.allow.clone();
     let proxy = Proxy::bind(run.config, tls, tx).await?;
     let addr = proxy.local_addr();
     eprintln!("wstap: listening on {addr} -> {upstream}");
+    if let Some(w) = crate::proxy::allow::exposure_warning(addr, &allow) {
+        eprintln!("wstap: {w}");
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         proxy

@@ -2,6 +2,7 @@
 //! HTTP forwarding, the upgrade and the relay. It reports what it sees as
 //! events on the bus and never calls a sink; all judging is in `proto`.
 
+pub mod allow;
 pub mod body;
 pub mod conn;
 pub mod io;
@@ -45,6 +46,8 @@ pub struct ProxyConfig {
     pub strict: bool,
     /// Cut idle WebSockets like a load balancer (`--idle-timeout`, `--simulate`).
     pub idle_cut: Option<relay::IdleCut>,
+    /// `--allow`: who may connect; empty lets everyone (see `allow`).
+    pub allow: Vec<ipnet::IpNet>,
 }
 
 impl ProxyConfig {
@@ -62,6 +65,7 @@ impl ProxyConfig {
             expected_idle: Vec::new(),
             strict: false,
             idle_cut: None,
+            allow: Vec::new(),
         }
     }
 }
@@ -179,9 +183,14 @@ impl Proxy {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((sock, peer)) => {
-                        let _ = sock.set_nodelay(true);
                         let id = ConnId(self.shared.next_id.fetch_add(1, Ordering::Relaxed));
                         let shared = self.shared.clone();
+                        if !allow::allows(&shared.cfg.allow, peer.ip()) {
+                            drop(sock);
+                            tasks.spawn(allow::refused(shared, peer, id));
+                            continue;
+                        }
+                        let _ = sock.set_nodelay(true);
                         let span = tracing::debug_span!("conn", id = id.0, %peer);
                         tasks.spawn(conn::serve(shared, Box::new(sock), peer, id).instrument(span));
                     }

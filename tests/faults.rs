@@ -1,0 +1,225 @@
+//! Peers that misbehave: an upstream that dies in the middle of a message,
+//! a client that resets, an upstream that accepts TCP and never answers
+//! the handshake, and half-closes in each direction. Each ends with the
+//! right `close` event and finding, and wstap keeps serving.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use wstap::demo::echo::EchoOptions;
+use wstap::proto::event::{CloseSummary, Event};
+
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+fn upgrade_request(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+}
+
+fn switching() -> String {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        wstap::proto::handshake::accept_key(KEY)
+    )
+}
+
+/// A masked client frame (zero mask: the payload bytes stay readable).
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut w = Vec::new();
+    wstap::proto::frame::encode_frame(
+        &mut w,
+        true,
+        false,
+        wstap::proto::frame::Opcode::from_bits(opcode),
+        Some([0, 0, 0, 0]),
+        payload,
+    );
+    w
+}
+
+fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut w = Vec::new();
+    wstap::proto::frame::encode_frame(
+        &mut w,
+        true,
+        false,
+        wstap::proto::frame::Opcode::from_bits(opcode),
+        None,
+        payload,
+    );
+    w
+}
+
+fn only_close(evs: &[Event]) -> CloseSummary {
+    let c = closes(evs);
+    assert_eq!(c.len(), 1, "{}", dump(evs));
+    c[0].clone()
+}
+
+/// Opens a raw WebSocket through the proxy; returns the client socket
+/// after the 101 head.
+async fn raw_ws(proxy: std::net::SocketAddr, path: &str) -> TcpStream {
+    let mut c = within("connect", TcpStream::connect(proxy)).await.unwrap();
+    send(&mut c, upgrade_request(path).as_bytes()).await;
+    let head = String::from_utf8_lossy(&read_head(&mut c).await).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    c
+}
+
+#[tokio::test]
+async fn upstream_dies_in_the_middle_of_a_message() {
+    let up = scripted_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        send(&mut s, switching().as_bytes()).await;
+        // a 1000-byte binary frame, cut after 100 payload bytes
+        let mut part = vec![0x82, 126, 0x03, 0xe8];
+        part.extend(std::iter::repeat_n(7u8, 100));
+        send(&mut s, &part).await;
+        // the process dies: no close frame, no more bytes
+    })
+    .await;
+    let proxy = TestProxy::start(&format!("ws://{up}")).await;
+    let mut c = raw_ws(proxy.addr, "/die").await;
+    let rest = read_all(&mut c).await;
+    assert_eq!(rest.len(), 104, "every byte the upstream sent was relayed");
+    let evs = proxy.wait_closes(1).await;
+    let close = only_close(&evs);
+    assert_eq!(close.reason, "server-closed", "{}", dump(&evs));
+    assert!(close.websocket);
+    let abnormal: Vec<_> = findings(&evs)
+        .into_iter()
+        .filter(|f| f.code == "abnormal-closure")
+        .collect();
+    assert_eq!(abnormal.len(), 1, "{}", dump(&evs));
+    let seen = abnormal[0].observed.as_deref().unwrap_or("");
+    assert!(
+        seen.contains("cut after 100 of 1000 payload bytes"),
+        "the finding says where the message was cut: {seen}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reset_ends_the_connection_with_client_reset() {
+    let echo = echo_server(EchoOptions::default()).await;
+    let proxy = TestProxy::start(&format!("ws://{echo}")).await;
+    let (mut ws, _) = ws_client(proxy.addr, "/echo", &[]).await;
+    ws.send(Message::text("before the reset")).await.unwrap();
+    within("echo", ws.next()).await.unwrap().unwrap();
+    let tcp = ws.into_inner();
+    // SO_LINGER 0: close() sends RST instead of FIN
+    tcp.set_zero_linger().unwrap();
+    drop(tcp);
+    let evs = proxy.wait_closes(1).await;
+    let close = only_close(&evs);
+    assert_eq!(close.reason, "client-reset", "{}", dump(&evs));
+    assert_eq!(close.frames_from_client, 1);
+    assert!(finding_codes(&evs).contains(&"abnormal-closure".to_string()));
+    // and the proxy still serves
+    let (mut ws, _) = ws_client(proxy.addr, "/echo", &[]).await;
+    ws.send(Message::text("after")).await.unwrap();
+    assert_eq!(
+        within("echo", ws.next()).await.unwrap().unwrap(),
+        Message::text("after")
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_answers_the_handshake_gets_504_and_a_finding() {
+    let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel::<TcpStream>();
+    let up = scripted_upstream(move |mut s| {
+        let held = held_tx.clone();
+        async move {
+            read_head(&mut s).await;
+            // keep the socket open, say nothing
+            let _ = held.send(s);
+        }
+    })
+    .await;
+    let proxy = TestProxy::start_with(&format!("ws://{up}"), |c| {
+        c.handshake_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut c = within("connect", TcpStream::connect(proxy.addr))
+        .await
+        .unwrap();
+    send(&mut c, upgrade_request("/silent").as_bytes()).await;
+    let resp = String::from_utf8_lossy(&read_all(&mut c).await).into_owned();
+    assert!(resp.starts_with("HTTP/1.1 504"), "{resp}");
+    let evs = proxy.wait_closes(1).await;
+    assert_eq!(only_close(&evs).reason, "upstream-failed");
+    assert!(
+        finding_codes(&evs).contains(&"upstream-timeout".to_string()),
+        "{}",
+        dump(&evs)
+    );
+    let hs = &handshakes(&evs)[0];
+    assert!(hs.upstream_request.is_some() && hs.upstream_response.is_none());
+    assert_eq!(hs.client_response.as_ref().unwrap().status, 504);
+    // wstap let go of the silent upstream connection
+    let mut held = within("the held socket", held_rx.recv()).await.unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        within("EOF from wstap", held.read(&mut buf)).await.unwrap(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_client_half_close_reaches_the_upstream_which_can_still_answer() {
+    let up = scripted_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        send(&mut s, switching().as_bytes()).await;
+        // read until the client's half-close arrives
+        let got = read_all(&mut s).await;
+        assert_eq!(got, client_frame(1, b"last words"));
+        // then answer on the still-open direction and close
+        send(&mut s, &server_frame(1, b"heard you")).await;
+    })
+    .await;
+    let proxy = TestProxy::start(&format!("ws://{up}")).await;
+    let mut c = raw_ws(proxy.addr, "/half").await;
+    send(&mut c, &client_frame(1, b"last words")).await;
+    within("shutdown", c.shutdown()).await.unwrap();
+    let back = read_all(&mut c).await;
+    assert_eq!(back, server_frame(1, b"heard you"));
+    let evs = proxy.wait_closes(1).await;
+    let close = only_close(&evs);
+    assert_eq!(close.reason, "client-closed", "{}", dump(&evs));
+    assert_eq!((close.frames_from_client, close.frames_from_server), (1, 1));
+    assert!(finding_codes(&evs).contains(&"abnormal-closure".to_string()));
+}
+
+#[tokio::test]
+async fn a_server_half_close_reaches_the_client_which_can_still_send() {
+    let up = scripted_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        send(&mut s, switching().as_bytes()).await;
+        send(&mut s, &server_frame(1, b"done talking")).await;
+        s.shutdown().await.unwrap();
+        // still listening
+        let got = read_all(&mut s).await;
+        assert_eq!(got, client_frame(1, b"one more"));
+    })
+    .await;
+    let proxy = TestProxy::start(&format!("ws://{up}")).await;
+    let mut c = raw_ws(proxy.addr, "/half").await;
+    let (mut rd, mut wr) = c.split();
+    let mut got = Vec::new();
+    within("the server's half-close", rd.read_to_end(&mut got))
+        .await
+        .unwrap();
+    assert_eq!(got, server_frame(1, b"done talking"));
+    within("send", wr.write_all(&client_frame(1, b"one more")))
+        .await
+        .unwrap();
+    within("shutdown", wr.shutdown()).await.unwrap();
+    let evs = proxy.wait_closes(1).await;
+    let close = only_close(&evs);
+    assert_eq!(close.reason, "server-closed", "{}", dump(&evs));
+    assert_eq!((close.frames_from_client, close.frames_from_server), (1, 1));
+}

@@ -455,3 +455,4 @@ pub async fn lenient_echo() -> SocketAddr {
     })
     .await
 }
+pub mod proc_stats;

@@ -611,6 +611,9 @@ impl Conn {
             .collect();
         events.push(Event::conn(ended, id, EventKind::Close(summary)));
         shared.events.send_all(&mut events).await;
+        // hardening: close without resetting bytes the peers have not read yet
+        let drain = (shared.cfg.grace / 2).min(relay::DRAIN);
+        relay::close_gently(&mut sides, drain).await;
     }
 }
 

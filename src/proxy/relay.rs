@@ -25,6 +25,13 @@ use crate::proto::stream::{Stop, StreamTap};
 /// closes must not hold the sockets forever.
 pub const LINGER: Duration = Duration::from_secs(3);
 
+/// Longest wait, once the relay is over, for the peers to close after
+/// wstap shut its sides down (see [`close_gently`]).
+pub const DRAIN: Duration = Duration::from_secs(1);
+
+/// Most bytes read and dropped while waiting for the peers to close.
+const DRAIN_BYTES: u64 = 1024 * 1024;
+
 /// How long a pump may take to deliver a close wstap asked it to send.
 const CLOSE_DELIVERY: Duration = Duration::from_secs(2);
 
@@ -440,4 +447,34 @@ async fn strict_close<W: AsyncWrite + Unpin>(
         reason: "protocol-violation",
         detail,
     }
+}
+
+/// Ends an upgraded connection without destroying what was relayed: shuts
+/// down both write sides, then reads and drops what the peers still send
+/// until they close (or `limit` passes). Dropping a socket that has unread
+/// input makes the kernel send RST, and a peer that gets RST loses the
+/// bytes still waiting in its own receive queue: frames wstap relayed and
+/// logged would then never reach the application (seen at shutdown, where
+/// wstap sends 1001 while the peers are still sending).
+pub async fn close_gently<CR, CW, UR, UW>(sides: &mut Sides<CR, CW, UR, UW>, limit: Duration)
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    UR: AsyncRead + Unpin,
+    UW: AsyncWrite + Unpin,
+{
+    let Sides {
+        client_rd,
+        client_wr,
+        up_rd,
+        up_wr,
+    } = sides;
+    let _ = tokio::time::timeout(limit, async {
+        let _ = tokio::join!(client_wr.shutdown(), up_wr.shutdown());
+        tokio::join!(
+            client_rd.discard(DRAIN_BYTES, limit),
+            up_rd.discard(DRAIN_BYTES, limit)
+        );
+    })
+    .await;
 }

@@ -1,0 +1,174 @@
+//! SIGTERM in the middle of traffic: wstap stops accepting, closes open
+//! WebSockets with 1001 on both sides, flushes the log and exits 0; the
+//! NDJSON holds every frame that was relayed before the signal (checked
+//! against what both peers actually saw), and every line parses.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+use wstap::demo::echo;
+use wstap::proto::event::{Dir, Event, EventKind};
+use wstap::proto::frame::Opcode;
+
+/// An echo upstream that records every text message it received.
+async fn recording_echo() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let store = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) =
+                    tokio_tungstenite::accept_async_with_config(s, Some(echo::unlimited())).await
+                else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    match m {
+                        Message::Text(t) => {
+                            store.lock().unwrap().push(t.to_string());
+                            if ws.send(Message::Text(t)).await.is_err() {
+                                break;
+                            }
+                        }
+                        Message::Close(_) => break,
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_traffic_loses_no_relayed_frame() {
+    let (up, server_saw) = recording_echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("events.jsonl");
+    let upstream = format!("ws://{up}");
+    let proxy = BinProxy::start(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream,
+        "--json",
+        log.to_str().unwrap(),
+        "--quiet",
+        "--grace",
+        "3s",
+    ])
+    .await;
+
+    // several connections, each with many messages in flight
+    const CONNS: usize = 6;
+    let client_got = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut tasks = Vec::new();
+    for c in 0..CONNS {
+        let (ws, _) = ws_client(proxy.addr, "/echo", &[]).await;
+        let (mut tx, mut rx) = ws.split();
+        let got = client_got.clone();
+        let reader = tokio::spawn(async move {
+            let mut close_code = None;
+            while let Ok(Some(Ok(m))) = tokio::time::timeout(STEP, rx.next()).await {
+                match m {
+                    Message::Text(t) => got.lock().unwrap().push(t.to_string()),
+                    Message::Close(f) => close_code = f.map(|f| u16::from(f.code)),
+                    _ => {}
+                }
+            }
+            close_code
+        });
+        let writer = tokio::spawn(async move {
+            for i in 0..1_000_000u32 {
+                let m = Message::text(format!("c{c}-m{i}"));
+                match tokio::time::timeout(STEP, tx.send(m)).await {
+                    Ok(Ok(())) => {}
+                    _ => break,
+                }
+                if i % 64 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        tasks.push((reader, writer));
+    }
+
+    // let traffic build up, then signal
+    within("traffic", async {
+        while client_got.lock().unwrap().len() < 3000 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (status, stderr) = proxy.terminate().await;
+    assert!(status.success(), "exit {status:?}\n{stderr}");
+    let mut codes = Vec::new();
+    for (reader, writer) in tasks {
+        codes.push(within("a reader", reader).await.unwrap());
+        writer.abort();
+    }
+    assert_eq!(
+        codes,
+        vec![Some(1001); CONNS],
+        "every client got wstap's 1001"
+    );
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let evs: Vec<Event> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON line {l:?}: {e}")))
+        .collect();
+    assert!(text.ends_with('\n'), "the last line is complete");
+    let logged = |from: Dir| -> HashSet<String> {
+        frames(&evs)
+            .into_iter()
+            .filter(|f| f.from == from && f.opcode == Opcode::Text && !f.injected)
+            .map(|f| f.preview)
+            .collect()
+    };
+    let from_client = logged(Dir::ClientToServer);
+    let from_server = logged(Dir::ServerToClient);
+    let client_got = client_got.lock().unwrap().clone();
+    let server_saw = server_saw.lock().unwrap().clone();
+    assert!(client_got.len() >= 3000);
+    // what the upstream received went through wstap client -> server
+    for m in &server_saw {
+        assert!(
+            from_client.contains(m),
+            "{m} reached the upstream but is not in the log"
+        );
+    }
+    // what came back went through both ways
+    for m in &client_got {
+        assert!(
+            from_server.contains(m),
+            "{m} reached the client but is not in the log"
+        );
+        assert!(
+            from_client.contains(m),
+            "{m} was echoed but its request is not in the log"
+        );
+    }
+    // and nothing is in the log that no peer received
+    assert_eq!(from_client.len(), server_saw.len());
+    assert_eq!(from_server.len(), client_got.len());
+    let cl = closes(&evs);
+    assert_eq!(cl.len(), CONNS, "one close event per connection");
+    let injected: Vec<_> = frames(&evs)
+        .into_iter()
+        .filter(|f| f.injected && f.close_code == Some(1001))
+        .collect();
+    assert_eq!(injected.len(), 2 * CONNS, "1001 to both sides of each");
+    assert!(!evs.iter().any(|e| matches!(e.kind, EventKind::Dropped(_))));
+}

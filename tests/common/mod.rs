@@ -456,3 +456,4 @@ pub async fn lenient_echo() -> SocketAddr {
     .await
 }
 pub mod proc_stats;
+pub mod soak;

@@ -275,7 +275,11 @@ pub async fn run(cfg: SoakConfig) -> SoakReport {
         }));
     }
     for t in tasks {
-        step("a client", t).await.expect("a client failed");
+        // each runs for the whole duration; a step inside has its own limit
+        tokio::time::timeout(deadline.saturating_duration_since(Instant::now()) + STEP, t)
+            .await
+            .expect("soak: timed out waiting for a client")
+            .expect("a client failed");
     }
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.await;

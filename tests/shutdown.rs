@@ -172,3 +172,94 @@ async fn sigterm_mid_traffic_loses_no_relayed_frame() {
     assert_eq!(injected.len(), 2 * CONNS, "1001 to both sides of each");
     assert!(!evs.iter().any(|e| matches!(e.kind, EventKind::Dropped(_))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_stuck_on_a_reader_that_does_not_read_still_gets_its_close_event() {
+    // an upstream that accepts the upgrade and never reads
+    let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel::<tokio::net::TcpStream>();
+    let up = scripted_upstream(move |mut s| {
+        let held = held_tx.clone();
+        async move {
+            let head = String::from_utf8_lossy(&read_head(&mut s).await).into_owned();
+            let key = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            let resp = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                wstap::proto::handshake::accept_key(&key)
+            );
+            send(&mut s, resp.as_bytes()).await;
+            let _ = held.send(s);
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("events.jsonl");
+    let upstream = format!("ws://{up}");
+    let proxy = BinProxy::start(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream,
+        "--json",
+        log.to_str().unwrap(),
+        "--quiet",
+        "--grace",
+        "500ms",
+    ])
+    .await;
+    let (ws, _) = ws_client(proxy.addr, "/stuck", &[]).await;
+    let _held = within("the upstream socket", held_rx.recv()).await.unwrap();
+    let mut tcp = ws.into_inner();
+    // one endless binary frame: wstap relays until the upstream's buffers
+    // are full, then its pump waits on a write that never completes
+    let mut header = vec![0x82, 0x80 | 127];
+    header.extend_from_slice(&(1u64 << 40).to_be_bytes());
+    header.extend_from_slice(&[0, 0, 0, 0]);
+    send(&mut tcp, &header).await;
+    let pushed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = pushed.clone();
+    let pusher = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let chunk = vec![0u8; 64 * 1024];
+        while tcp.write_all(&chunk).await.is_ok() {
+            counter.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    // wait until the push has stalled
+    within("the stall", async {
+        let mut last = u64::MAX;
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = pushed.load(std::sync::atomic::Ordering::Relaxed);
+            if now == last && now > 0 {
+                break;
+            }
+            last = now;
+        }
+    })
+    .await;
+
+    let (status, stderr) = proxy.terminate().await;
+    assert!(status.success(), "exit {status:?}\n{stderr}");
+    pusher.abort();
+    let evs: Vec<Event> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let cl = closes(&evs);
+    assert_eq!(
+        cl.len(),
+        1,
+        "the stuck connection has its close event:\n{}",
+        dump(&evs)
+    );
+    assert_eq!(cl[0].reason, "shutdown", "{}", dump(&evs));
+    assert!(cl[0].websocket);
+    assert!(cl[0].bytes_from_client > 0);
+}

@@ -579,6 +579,7 @@ impl Conn {
             strict: shared.cfg.strict,
             max_preview: shared.cfg.max_preview,
             idle_cut: shared.cfg.idle_cut.clone(),
+            hard_stop: Some(shared.hard_stop.subscribe()),
         };
         let (end, dropped_at) = relay::relay(
             id,

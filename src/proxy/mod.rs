@@ -25,6 +25,9 @@ use crate::proto::event::{ConnId, Dir, Event, EventKind, Listening};
 use crate::proto::inject;
 use upstream::{Connector, UpstreamUrl};
 
+/// After the grace period, how long stopped relays get to report.
+const HARD_STOP_WAIT: Duration = Duration::from_secs(1);
+
 /// Everything the proxy needs to run, validated.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -77,6 +80,9 @@ pub struct Shared {
     pub connector: Connector,
     /// Control handles of the open WebSockets, for shutdown and the live view.
     pub open: Mutex<HashMap<ConnId, relay::Controls>>,
+    /// Set when the shutdown grace period is over: relays stop at once and
+    /// still report their `close` events.
+    pub hard_stop: tokio::sync::watch::Sender<bool>,
     next_id: AtomicU64,
 }
 
@@ -163,6 +169,7 @@ impl Proxy {
                 events,
                 connector,
                 open: Mutex::new(HashMap::new()),
+                hard_stop: tokio::sync::watch::Sender::new(false),
                 next_id: AtomicU64::new(1),
             }),
             addr,
@@ -214,6 +221,13 @@ impl Proxy {
                 open = tasks.len(),
                 "grace period over; closing open connections"
             );
+            // relays stop where they are and send their close events; what
+            // is still running after that is dropped
+            self.shared.hard_stop.send_replace(true);
+            let _ = tokio::time::timeout(HARD_STOP_WAIT, async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await;
             tasks.shutdown().await;
         }
     }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::io::Inbound;
 use crate::bus::EventTx;
@@ -118,6 +118,10 @@ pub struct RelayOptions {
     pub strict: bool,
     pub max_preview: usize,
     pub idle_cut: Option<IdleCut>,
+    /// Turns true when the shutdown grace period is over: the relay stops
+    /// wherever it is (even in a write to a peer that does not read) and
+    /// the connection is summed up as `shutdown`.
+    pub hard_stop: Option<watch::Receiver<bool>>,
 }
 
 /// Both sides of an upgraded connection.
@@ -212,17 +216,25 @@ where
         &controls.to_server,
     );
     let idle = idle_watch(&shared);
-    tokio::pin!(up, down, idle);
+    let run = async {
+        tokio::pin!(up, down, idle);
+        tokio::select! {
+            end = &mut up => {
+                let at = SystemTime::now();
+                (after_first(Dir::ClientToServer, end, down, &shared.last_server).await, at)
+            }
+            end = &mut down => {
+                let at = SystemTime::now();
+                (after_first(Dir::ServerToClient, end, up, &shared.last_client).await, at)
+            }
+            cut = &mut idle => (cut, SystemTime::now()),
+        }
+    };
+    // the grace period's end stops everything above, wherever it waits
+    // (a write to a peer that does not read, the linger, a close delivery)
     tokio::select! {
-        end = &mut up => {
-            let at = SystemTime::now();
-            (after_first(Dir::ClientToServer, end, down, &shared.last_server).await, at)
-        }
-        end = &mut down => {
-            let at = SystemTime::now();
-            (after_first(Dir::ServerToClient, end, up, &shared.last_client).await, at)
-        }
-        cut = &mut idle => (cut, SystemTime::now()),
+        ended = run => ended,
+        cut = hard_stop(opts.hard_stop.clone()) => (cut, SystemTime::now()),
     }
 }
 
@@ -264,6 +276,21 @@ async fn linger<F: Future>(pump: F, last: &AtomicU64) {
                 }
             }
         }
+    }
+}
+
+/// Resolves when the grace period is over; never without a receiver.
+async fn hard_stop(rx: Option<watch::Receiver<bool>>) -> RelayEnd {
+    let Some(mut rx) = rx else {
+        return std::future::pending().await;
+    };
+    if rx.wait_for(|stop| *stop).await.is_err() {
+        // the proxy is gone without a stop: nothing will ask again
+        return std::future::pending().await;
+    }
+    RelayEnd::Cut {
+        reason: "shutdown".into(),
+        detail: "wstap shut down; the grace period ended before the connection finished (a peer was not reading)".into(),
     }
 }
 

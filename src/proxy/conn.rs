@@ -153,11 +153,19 @@ impl Conn {
 
     async fn run(mut self) {
         let mut first = true;
+        // hardening: the end of the shutdown grace period ends the wait for
+        // a request (an idle keep-alive) or an exchange, with a close event
+        let mut stop = self.shared.hard_stop.subscribe();
         let end = loop {
-            let head = self
-                .client_rd
-                .read_head_within(parse_request_head, self.shared.cfg.header_timeout)
-                .await;
+            let head = tokio::select! {
+                h = self
+                    .client_rd
+                    .read_head_within(parse_request_head, self.shared.cfg.header_timeout) => h,
+                _ = stop.wait_for(|s| *s) => break End::new(
+                    "shutdown",
+                    "wstap shut down while waiting for the client's next request",
+                ),
+            };
             let (req, raw) = match head {
                 Ok(Some(h)) => h,
                 Ok(None) => {
@@ -179,7 +187,14 @@ impl Conn {
                 Err(e) => break self.reject(e).await,
             };
             first = false;
-            match self.exchange(req, raw).await {
+            let step = tokio::select! {
+                step = self.exchange(req, raw) => step,
+                _ = stop.wait_for(|s| *s) => break End::new(
+                    "shutdown",
+                    "wstap shut down in the middle of an HTTP exchange (the grace period ended)",
+                ),
+            };
+            match step {
                 Step::Next => continue,
                 Step::Done(end) => break end,
                 Step::Upgrade(resp) => return self.websocket(resp).await,

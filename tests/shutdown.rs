@@ -263,3 +263,61 @@ async fn a_connection_stuck_on_a_reader_that_does_not_read_still_gets_its_close_
     assert!(cl[0].websocket);
     assert!(cl[0].bytes_from_client > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keepalive_and_unanswered_requests_get_close_events_at_shutdown() {
+    // `/slow` is never answered; anything else gets a keep-alive 200
+    let up = scripted_upstream(|mut s| async move {
+        loop {
+            let head = read_head(&mut s).await;
+            if head.is_empty() {
+                return;
+            }
+            if String::from_utf8_lossy(&head).contains("/slow") {
+                let _ = tokio::time::timeout(STEP, read_all(&mut s)).await;
+                return;
+            }
+            send(&mut s, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("events.jsonl");
+    let upstream = format!("http://{up}");
+    let proxy = BinProxy::start(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream,
+        "--json",
+        log.to_str().unwrap(),
+        "--quiet",
+        "--grace",
+        "300ms",
+    ])
+    .await;
+    // a browser-like keep-alive connection, idle after one request
+    let mut idle = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    send(&mut idle, b"GET /page HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let head = read_head(&mut idle).await;
+    assert!(head.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(read_n(&mut idle, 2).await, b"ok");
+    // a request the upstream never answers (no handshake timeout applies)
+    let mut waiting = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    send(&mut waiting, b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (status, stderr) = proxy.terminate().await;
+    assert!(status.success(), "exit {status:?}\n{stderr}");
+    let evs: Vec<Event> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let cl = closes(&evs);
+    assert_eq!(cl.len(), 2, "{}", dump(&evs));
+    assert!(cl.iter().all(|c| c.reason == "shutdown"), "{}", dump(&evs));
+    assert_eq!(https(&evs).len(), 1, "the answered request is logged");
+    drop((idle, waiting));
+}

@@ -6,15 +6,17 @@
 //! the sender wait instead of wstap buffering, while 1 GiB goes through.
 
 mod common;
+#[path = "common/proc_stats.rs"]
+mod proc_stats;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::proc_stats::*;
 use common::*;
 use futures_util::StreamExt;
+use proc_stats::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::Role;

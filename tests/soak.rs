@@ -6,10 +6,14 @@
 //! runs the same for longer and wider.
 
 mod common;
+#[path = "common/proc_stats.rs"]
+mod proc_stats;
+#[path = "common/soak.rs"]
+mod soak;
 
 use std::time::Duration;
 
-use common::soak::{run, SoakConfig};
+use soak::{run, SoakConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_websockets_echo_exactly_and_memory_stays_flat() {

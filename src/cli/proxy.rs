@@ -23,6 +23,20 @@ pub struct ProxyArgs {
     /// Address to listen on; port 0 picks a free one (printed on stderr).
     #[arg(long, default_value = "127.0.0.1:9000", value_name = "ADDR")]
     pub listen: String,
+    // --- hardening (issue 7) ---
+    /// Let outputs drop events (counted in `dropped` events) rather than
+    /// slow the relay when they cannot keep up.
+    #[arg(long)]
+    pub lossy_log: bool,
+    /// Show credentials (Authorization, cookies, API keys, secret query
+    /// parameters) in every output instead of `<redacted N bytes>`.
+    #[arg(long)]
+    pub show_secrets: bool,
+    /// Who may connect (repeatable): a CIDR range or an address. Others are
+    /// closed at accept and logged. When given, loopback needs an entry too.
+    #[arg(long, value_parser = crate::proxy::allow::parse_allow, value_name = "CIDR")]
+    pub allow: Vec<ipnet::IpNet>,
+    // --- end hardening ---
     /// The real server: ws://, wss://, http:// or https:// host:port, optional path prefix.
     #[arg(long, value_name = "URL")]
     pub upstream: String,
@@ -63,19 +77,6 @@ pub struct ProxyArgs {
     /// How long open connections get to finish at shutdown.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub grace: Duration,
-    // --- hardening (issue 7) ---
-    /// Let outputs drop events (counted in `dropped` events) rather than
-    /// slow the relay when they cannot keep up.
-    #[arg(long)]
-    pub lossy_log: bool,
-    /// Show credentials (Authorization, cookies, API keys, secret query
-    /// parameters) in every output instead of `<redacted N bytes>`.
-    #[arg(long)]
-    pub show_secrets: bool,
-    /// Who may connect (repeatable): a CIDR range or an address. Others are
-    /// closed at accept and logged. When given, loopback needs an entry too.
-    #[arg(long, value_parser = crate::proxy::allow::parse_allow, value_name = "CIDR")]
-    pub allow: Vec<ipnet::IpNet>,
 }
 
 /// Turns `--listen` into one address (names like `localhost:9000` resolve).
@@ -122,6 +123,7 @@ pub fn validate(args: ProxyArgs) -> anyhow::Result<ProxyRun> {
         );
     }
     let mut config = ProxyConfig::new(listen, upstream);
+    config.allow = args.allow;
     config.max_preview = args.max_preview;
     config.connect_timeout = args.connect_timeout;
     config.header_timeout = args.header_timeout;
@@ -129,7 +131,6 @@ pub fn validate(args: ProxyArgs) -> anyhow::Result<ProxyRun> {
     config.grace = args.grace;
     config.expected_idle = args.expect_idle_timeout;
     config.strict = args.strict;
-    config.allow = args.allow;
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if !args.quiet {
         sinks.push(Box::new(TerminalSink::stderr()));
@@ -147,13 +148,13 @@ pub fn validate(args: ProxyArgs) -> anyhow::Result<ProxyRun> {
         config.capture = har::capture_for(args.har_max_payload);
     }
     Ok(ProxyRun {
-        config,
-        sinks,
-        trust: TrustOptions::default(),
         outputs: Outputs {
             lossy: args.lossy_log,
             show_secrets: args.show_secrets,
         },
+        config,
+        sinks,
+        trust: TrustOptions::default(),
     })
 }
 

@@ -591,10 +591,10 @@ impl Conn {
             open.insert(id, controls.clone());
         }
         let opts = RelayOptions {
+            hard_stop: Some(shared.hard_stop.subscribe()),
             strict: shared.cfg.strict,
             max_preview: shared.cfg.max_preview,
             idle_cut: shared.cfg.idle_cut.clone(),
-            hard_stop: Some(shared.hard_stop.subscribe()),
         };
         let (end, dropped_at) = relay::relay(
             id,

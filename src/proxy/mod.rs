@@ -25,13 +25,12 @@ use crate::proto::event::{ConnId, Dir, Event, EventKind, Listening};
 use crate::proto::inject;
 use upstream::{Connector, UpstreamUrl};
 
-/// After the grace period, how long stopped relays get to report.
-const HARD_STOP_WAIT: Duration = Duration::from_secs(1);
-
 /// Everything the proxy needs to run, validated.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     pub listen: SocketAddr,
+    /// `--allow`: who may connect; empty lets everyone (see `allow`).
+    pub allow: Vec<ipnet::IpNet>,
     pub upstream: UpstreamUrl,
     pub max_preview: usize,
     /// Payload bytes per frame attached to events for the HAR sink (0: none).
@@ -49,8 +48,6 @@ pub struct ProxyConfig {
     pub strict: bool,
     /// Cut idle WebSockets like a load balancer (`--idle-timeout`, `--simulate`).
     pub idle_cut: Option<relay::IdleCut>,
-    /// `--allow`: who may connect; empty lets everyone (see `allow`).
-    pub allow: Vec<ipnet::IpNet>,
 }
 
 impl ProxyConfig {
@@ -58,6 +55,7 @@ impl ProxyConfig {
     pub fn new(listen: SocketAddr, upstream: UpstreamUrl) -> Self {
         ProxyConfig {
             listen,
+            allow: Vec::new(),
             upstream,
             max_preview: 256,
             capture: 0,
@@ -68,7 +66,6 @@ impl ProxyConfig {
             expected_idle: Vec::new(),
             strict: false,
             idle_cut: None,
-            allow: Vec::new(),
         }
     }
 }
@@ -123,6 +120,9 @@ impl Shared {
         }
     }
 }
+
+/// After the grace period, how long stopped relays get to report.
+const HARD_STOP_WAIT: Duration = Duration::from_secs(1);
 
 /// A bound, not yet running proxy.
 pub struct Proxy {

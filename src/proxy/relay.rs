@@ -114,14 +114,14 @@ pub struct IdleCut {
 /// Relay behaviour beyond forwarding.
 #[derive(Debug, Clone, Default)]
 pub struct RelayOptions {
-    /// Close with 1002 on a protocol violation instead of relaying on.
-    pub strict: bool,
-    pub max_preview: usize,
-    pub idle_cut: Option<IdleCut>,
     /// Turns true when the shutdown grace period is over: the relay stops
     /// wherever it is (even in a write to a peer that does not read) and
     /// the connection is summed up as `shutdown`.
     pub hard_stop: Option<watch::Receiver<bool>>,
+    /// Close with 1002 on a protocol violation instead of relaying on.
+    pub strict: bool,
+    pub max_preview: usize,
+    pub idle_cut: Option<IdleCut>,
 }
 
 /// Both sides of an upgraded connection.

@@ -455,5 +455,3 @@ pub async fn lenient_echo() -> SocketAddr {
     })
     .await
 }
-pub mod proc_stats;
-pub mod soak;

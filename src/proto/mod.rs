@@ -14,6 +14,7 @@ pub mod handshake;
 pub mod http;
 pub mod inject;
 pub mod preview;
+pub mod rewrite;
 pub mod session;
 pub mod stream;
 pub mod utf8;

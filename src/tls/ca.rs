@@ -94,6 +94,17 @@ impl CaFiles {
         }
     }
 
+    /// Both files exist; otherwise the error says which is missing.
+    pub fn check_complete(&self) -> Result<(), TlsError> {
+        match self.state() {
+            CaState::Complete => Ok(()),
+            CaState::Absent => Err(TlsError::CaMissing {
+                dir: self.dir.display().to_string(),
+            }),
+            CaState::Partial { cert } => Err(self.partial_error(cert)),
+        }
+    }
+
     /// The error for a directory holding one file of the pair.
     fn partial_error(&self, cert_present: bool) -> TlsError {
         let (present, missing) = if cert_present {
@@ -156,13 +167,8 @@ impl LocalCa {
     /// Loads an existing CA; an error if there is none.
     pub fn load(dir: &Path) -> Result<LocalCa, TlsError> {
         let files = CaFiles::in_dir(dir);
-        match files.state() {
-            CaState::Complete => Self::load_files(files),
-            CaState::Absent => Err(TlsError::CaMissing {
-                dir: dir.display().to_string(),
-            }),
-            CaState::Partial { cert } => Err(files.partial_error(cert)),
-        }
+        files.check_complete()?;
+        Self::load_files(files)
     }
 
     pub fn cert_path(&self) -> &Path {

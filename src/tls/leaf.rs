@@ -83,8 +83,11 @@ pub(crate) fn mint(ca: &LocalCa, host: &str) -> Result<Arc<CertifiedKey>, TlsErr
         .map_err(TlsError::Generate)?;
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let signing_key = provider().key_provider.load_private_key(der)?;
+    // The CA goes along in the chain: clients that trust it ignore it,
+    // and Chromium's --ignore-certificate-errors-spki-list only matches
+    // keys of certificates the server presents.
     Ok(Arc::new(CertifiedKey::new(
-        vec![cert.der().clone()],
+        vec![cert.der().clone(), ca.cert_der().clone()],
         signing_key,
     )))
 }
@@ -238,8 +241,11 @@ mod tests {
         let v6 = minter.leaf("[::1]").unwrap();
         verify(minter.ca(), &v6, "::1").unwrap();
         assert!(verify(minter.ca(), &v6, "127.0.0.1").is_err());
-        // The key in memory belongs to the certificate.
+        // The key in memory belongs to the certificate, and the chain
+        // carries the CA after the leaf.
         dns.keys_match().unwrap();
+        assert_eq!(dns.cert.len(), 2);
+        assert_eq!(&dns.cert[1], minter.ca().cert_der());
     }
 
     #[test]

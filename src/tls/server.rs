@@ -188,7 +188,9 @@ fn certificate_alert(a: AlertDescription) -> Option<&'static str> {
         AlertDescription::CertificateExpired => {
             "certificate_expired: the certificate is outside its validity (check the clocks)"
         }
-        AlertDescription::CertificateUnknown => "certificate_unknown",
+        AlertDescription::CertificateUnknown => {
+            "certificate_unknown: it rejected the certificate (Chromium sends this for an untrusted CA or a wrong name)"
+        }
         AlertDescription::UnsupportedCertificate => "unsupported_certificate",
         AlertDescription::CertificateRevoked => "certificate_revoked",
         AlertDescription::AccessDenied => "access_denied",

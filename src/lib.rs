@@ -23,7 +23,8 @@
 //!   forwarding, the relay. It sends events; it never calls a sink.
 //! - [`bus`]: the bounded channel between them.
 //! - [`sink`]: outputs of the event stream, on their own thread.
-//! - [`tls`]: rustls configuration.
+//! - [`tls`]: rustls configuration for both sides, the local CA and the
+//!   per-host leaf certificates it signs.
 //! - [`cli`]: argument parsing, validation into configs, wiring.
 //!
 //! Non-goals: HTTP/2 and HTTP/3 (WebSockets over h2, RFC 8441, are rare in

@@ -2,6 +2,7 @@
 //! configs (addresses parsed, files opened), and `run` steps wire the
 //! pieces. The only module that knows every other one; `anyhow` lives here.
 
+mod ca;
 mod demo;
 mod proxy;
 
@@ -26,6 +27,8 @@ pub enum Command {
     Proxy(proxy::ProxyArgs),
     /// See wstap work: an echo upstream, the proxy and a scripted client.
     Demo(demo::DemoArgs),
+    /// The local CA for intercepting TLS: create it, find it.
+    Ca(ca::CaArgs),
 }
 
 /// Exit codes: 0 ok, 1 a check or diff found a problem, 2 usage or runtime error.
@@ -46,6 +49,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Proxy(args) => proxy::run(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Ca(args) => ca::run(args),
         }
     });
     match result {

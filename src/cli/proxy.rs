@@ -17,6 +17,7 @@ use crate::sink::ndjson::NdjsonSink;
 use crate::sink::terminal::TerminalSink;
 use crate::sink::{spawn_dispatcher, Sink};
 use crate::tls::client::{client_config, TrustOptions};
+use crate::tls::server::ListenerTls;
 
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
@@ -63,6 +64,18 @@ pub struct ProxyArgs {
     /// How long open connections get to finish at shutdown.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub grace: Duration,
+    /// Serve TLS (wss://, https://) on the listener with this certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key for --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Trust the CA certificates in FILE (PEM) for wss:// and https:// upstreams, besides the web PKI roots (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub upstream_ca: Vec<PathBuf>,
+    /// Do not verify upstream certificates (for debugging only; each connection gets a tls-verification-disabled finding).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// Turns `--listen` into one address (names like `localhost:9000` resolve).
@@ -107,6 +120,15 @@ pub fn validate(args: ProxyArgs) -> anyhow::Result<ProxyRun> {
     config.grace = args.grace;
     config.expected_idle = args.expect_idle_timeout;
     config.strict = args.strict;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.listener_tls =
+            Some(ListenerTls::from_files(cert, key).context("--tls-cert/--tls-key")?);
+    }
+    config.insecure = args.insecure;
+    let trust = TrustOptions {
+        extra_roots: args.upstream_ca.clone(),
+        insecure: args.insecure,
+    };
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if !args.quiet {
         sinks.push(Box::new(TerminalSink::stderr()));
@@ -126,7 +148,7 @@ pub fn validate(args: ProxyArgs) -> anyhow::Result<ProxyRun> {
     Ok(ProxyRun {
         config,
         sinks,
-        trust: TrustOptions::default(),
+        trust,
     })
 }
 
@@ -148,11 +170,21 @@ pub struct Running {
 pub async fn start(run: ProxyRun) -> anyhow::Result<Running> {
     let (tx, rx) = bus::channel(bus::DEFAULT_CAPACITY, false);
     let dispatcher = spawn_dispatcher(rx, run.sinks).context("starting the output thread")?;
-    let tls = client_config(&run.trust)?;
+    let tls = client_config(&run.trust).context("--upstream-ca")?;
     let upstream = run.config.upstream.to_string();
+    let served = if run.config.listener_tls.is_some() {
+        " (TLS: wss://, https://)"
+    } else {
+        ""
+    };
+    if run.trust.insecure {
+        eprintln!(
+            "wstap: warning: --insecure: upstream TLS certificates are not verified; use it for debugging only"
+        );
+    }
     let proxy = Proxy::bind(run.config, tls, tx).await?;
     let addr = proxy.local_addr();
-    eprintln!("wstap: listening on {addr} -> {upstream}");
+    eprintln!("wstap: listening on {addr}{served} -> {upstream}");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         proxy

@@ -8,18 +8,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
 
 use super::body::{copy_body, BodyError, Capture};
 use super::io::{BoxIo, Inbound, ReadHeadError};
 use super::relay::{self, RelayOptions, Sides};
-use super::upstream::{Connected, Endpoint};
+use super::upstream::{authority, Connected, Endpoint};
 use super::Shared;
 use crate::proto::analysis;
 use crate::proto::event::{
     millis, CloseSummary, ConnId, Dir, ErrorEvent, Event, EventKind, Finding, Handshake,
     HttpExchange, ResponseView,
 };
-use crate::proto::failure::UpstreamFailure;
+use crate::proto::failure::{verification_disabled, ClientTlsFailure, UpstreamFailure};
 use crate::proto::handshake::{self, Negotiated};
 use crate::proto::http::{
     parse_request_head, parse_response_head, request_body, response_body, BodyKind, Header,
@@ -74,20 +75,99 @@ struct Conn {
     upstream: Option<UpstreamConn>,
     /// Bytes read from earlier upstream connections of this client.
     upstream_bytes: u64,
+    /// `tls-verification-disabled` was sent for this connection.
+    insecure_reported: bool,
 }
 
 /// Serves one accepted client connection to its end.
 pub async fn serve(shared: Arc<Shared>, io: BoxIo, peer: SocketAddr, id: ConnId) {
+    serve_from(shared, io, peer, id, SystemTime::now()).await
+}
+
+/// Serves one connection accepted on the TLS listener: the handshake
+/// within the header timeout, then the same path as a plain connection.
+pub async fn serve_tls(shared: Arc<Shared>, sock: TcpStream, peer: SocketAddr, id: ConnId) {
+    let accepted = SystemTime::now();
+    let Some(tls) = shared.cfg.listener_tls.as_ref() else {
+        return serve_from(shared, Box::new(sock), peer, id, accepted).await;
+    };
+    match tls.accept(sock, shared.cfg.header_timeout).await {
+        Ok(stream) => {
+            tracing::debug!(
+                version = ?stream.get_ref().1.protocol_version(),
+                "TLS handshake with the client done"
+            );
+            serve_from(shared, Box::new(stream), peer, id, accepted).await
+        }
+        Err(f) => client_tls_failed(&shared, id, accepted, &f, &tls.trust_hint).await,
+    }
+}
+
+/// Reports a client's failed TLS handshake and ends its connection: an
+/// `error` event, `client-tls-failed` when the client refused the
+/// certificate (`trust_hint` says how to trust it), and the `close`.
+pub async fn client_tls_failed(
+    shared: &Shared,
+    id: ConnId,
+    accepted: SystemTime,
+    f: &ClientTlsFailure,
+    trust_hint: &str,
+) {
+    let now = SystemTime::now();
+    let mut events = Vec::new();
+    let reason = if *f == ClientTlsFailure::ClosedBeforeHello {
+        // A pre-connect or a probe: not an error, like a plain connection
+        // closed before its request.
+        "client-closed"
+    } else {
+        events.push(Event::conn(
+            now,
+            id,
+            EventKind::Error(ErrorEvent {
+                message: f.message(),
+            }),
+        ));
+        if let Some(finding) = f.finding(trust_hint) {
+            events.push(Event::conn(now, id, EventKind::Finding(finding)));
+        }
+        "client-tls-failed"
+    };
+    events.push(Event::conn(
+        now,
+        id,
+        EventKind::Close(CloseSummary {
+            reason: reason.to_string(),
+            detail: f.message(),
+            duration_ms: millis(now.duration_since(accepted).unwrap_or_default()),
+            frames_from_client: 0,
+            frames_from_server: 0,
+            // no application bytes were exchanged
+            bytes_from_client: 0,
+            bytes_from_server: 0,
+            websocket: false,
+        }),
+    ));
+    shared.events.send_all(&mut events).await;
+}
+
+async fn serve_from(
+    shared: Arc<Shared>,
+    io: BoxIo,
+    peer: SocketAddr,
+    id: ConnId,
+    accepted: SystemTime,
+) {
     tracing::debug!(%peer, conn = id.0, "accepted");
     let (rd, wr) = tokio::io::split(io);
     let conn = Conn {
         shared,
         id,
-        accepted: SystemTime::now(),
+        accepted,
         client_rd: Inbound::new(rd),
         client_wr: wr,
         upstream: None,
         upstream_bytes: 0,
+        insecure_reported: false,
     };
     conn.run().await;
 }
@@ -221,7 +301,13 @@ impl Conn {
             return Ok(());
         }
         let ep = Endpoint::from(&self.shared.cfg.upstream);
-        let Connected { io, addr, .. } = self.shared.connector.connect(&ep).await?;
+        let Connected { io, addr, tls, .. } = self.shared.connector.connect(&ep).await?;
+        // Once per client connection, even if it reconnects upstream.
+        if tls.is_some() && self.shared.cfg.insecure && !self.insecure_reported {
+            self.insecure_reported = true;
+            self.emit_finding(verification_disabled(&authority(&ep.host, ep.port)))
+                .await;
+        }
         let (rd, wr) = tokio::io::split(io);
         self.upstream = Some(UpstreamConn {
             rd: Inbound::new(rd),
@@ -545,6 +631,7 @@ impl Conn {
             client_wr,
             upstream,
             upstream_bytes,
+            insecure_reported: _,
         } = self;
         let Some(up) = upstream else {
             return;

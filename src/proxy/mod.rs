@@ -22,6 +22,7 @@ use tracing::Instrument;
 use crate::bus::EventTx;
 use crate::proto::event::{ConnId, Dir, Event, EventKind, Listening};
 use crate::proto::inject;
+use crate::tls::server::ListenerTls;
 use upstream::{Connector, UpstreamUrl};
 
 /// Everything the proxy needs to run, validated.
@@ -45,6 +46,12 @@ pub struct ProxyConfig {
     pub strict: bool,
     /// Cut idle WebSockets like a load balancer (`--idle-timeout`, `--simulate`).
     pub idle_cut: Option<relay::IdleCut>,
+    /// Serve TLS on the listener (`--tls-cert/--tls-key`); `None`: plain.
+    pub listener_tls: Option<ListenerTls>,
+    /// Upstream certificates are not verified (`--insecure`): every TLS
+    /// upstream connection gets a `tls-verification-disabled` finding.
+    /// Set it together with a client config made with `insecure`.
+    pub insecure: bool,
 }
 
 impl ProxyConfig {
@@ -62,6 +69,8 @@ impl ProxyConfig {
             expected_idle: Vec::new(),
             strict: false,
             idle_cut: None,
+            listener_tls: None,
+            insecure: false,
         }
     }
 }
@@ -183,7 +192,14 @@ impl Proxy {
                         let id = ConnId(self.shared.next_id.fetch_add(1, Ordering::Relaxed));
                         let shared = self.shared.clone();
                         let span = tracing::debug_span!("conn", id = id.0, %peer);
-                        tasks.spawn(conn::serve(shared, Box::new(sock), peer, id).instrument(span));
+                        // The TLS handshake runs in the connection's own
+                        // task, so a slow client never holds up the accept
+                        // loop; the plain path stays as it was.
+                        if self.shared.cfg.listener_tls.is_some() {
+                            tasks.spawn(conn::serve_tls(shared, sock, peer, id).instrument(span));
+                        } else {
+                            tasks.spawn(conn::serve(shared, Box::new(sock), peer, id).instrument(span));
+                        }
                     }
                     Err(e) => {
                         // Out of file descriptors and similar: back off

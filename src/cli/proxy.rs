@@ -139,8 +139,12 @@ pub fn validate(args: ProxyArgs) -> anyhow::Result<ProxyRun> {
         sinks.push(Box::new(sink));
     }
     if let Some(path) = &args.har {
-        let sink = HarSink::create(path, HarOptions::new(args.har_max_payload))
-            .with_context(|| format!("--har {}", path.display()))?;
+        let opts = HarOptions {
+            client_tls: config.listener_tls.is_some(),
+            ..HarOptions::new(args.har_max_payload)
+        };
+        let sink =
+            HarSink::create(path, opts).with_context(|| format!("--har {}", path.display()))?;
         sinks.push(Box::new(sink));
         // the taps attach each frame's payload to its event for the HAR
         config.capture = har::capture_for(args.har_max_payload);

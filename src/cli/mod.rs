@@ -8,7 +8,7 @@ mod proxy;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,7 +33,11 @@ pub enum Command {
 
 /// Exit codes: 0 ok, 1 a check or diff found a problem, 2 usage or runtime error.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     init_tracing();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -47,7 +51,7 @@ pub fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Proxy(args) => proxy::run(args).await,
+            Command::Proxy(args) => proxy::run(args, matches.subcommand_matches("proxy")).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Ca(args) => ca::run(args),
         }

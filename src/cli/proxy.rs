@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::Args;
+use clap::{ArgMatches, Args};
+
+use crate::proto::rewrite::{parse_rules_toml, Op, Rule, RuleError, Rules, Scope};
+use crate::proto::simulate::{Hop, IdleRule};
 
 use crate::bus;
 use crate::proxy::upstream::UpstreamUrl;
@@ -57,6 +60,36 @@ pub struct ProxyArgs {
     /// length before a drop are named, besides the well-known 60 s, 100 s, 3600 s.
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub expect_idle_timeout: Vec<Duration>,
+    /// Replace a request header before it goes upstream: 'Name: value'
+    /// (repeatable; rules apply in command-line order). Values may use
+    /// {header:NAME} (the incoming value), {host} and {upstream}; an empty
+    /// value removes the header.
+    #[arg(long, value_name = "'NAME: VALUE'")]
+    pub set_request_header: Vec<String>,
+    /// Remove a request header before it goes upstream (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub remove_request_header: Vec<String>,
+    /// Replace a response header before it goes to the client (repeatable).
+    #[arg(long, value_name = "'NAME: VALUE'")]
+    pub set_response_header: Vec<String>,
+    /// Remove a response header before it goes to the client (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub remove_response_header: Vec<String>,
+    /// Send requests upstream as HTTP/1.0 or HTTP/1.1.
+    #[arg(long, value_name = "1.0|1.1")]
+    pub upstream_http_version: Vec<String>,
+    /// A TOML file of rewrite rules, optionally scoped by path prefix and
+    /// host (see examples/rules.toml); refused at start-up if any rule is bad.
+    #[arg(long, value_name = "FILE")]
+    pub rules: Vec<PathBuf>,
+    /// Behave like a misconfigured hop, to reproduce a failure locally:
+    /// nginx-default (plain proxy_pass), alb (60 s idle cut), cloudflare (100 s).
+    #[arg(long, value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(Hop::NAMES))]
+    pub simulate: Option<String>,
+    /// Cut a WebSocket after this long without traffic either way, as a
+    /// load balancer does (no close frame: the client sees 1006).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub idle_timeout: Option<Duration>,
     /// Close a connection with 1002 on a protocol violation instead of
     /// reporting it and relaying on.
     #[arg(long)]
@@ -96,7 +129,69 @@ pub struct ProxyRun {
     pub trust: TrustOptions,
 }
 
-pub fn validate(args: ProxyArgs) -> anyhow::Result<ProxyRun> {
+/// The rewrite flags and rules files, in the order they were given.
+fn ordered_rules(args: &ProxyArgs, matches: Option<&ArgMatches>) -> anyhow::Result<Rules> {
+    type Make = fn(&str) -> Result<Op, RuleError>;
+    let flags: [(&str, &[String], Make); 5] = [
+        (
+            "set_request_header",
+            &args.set_request_header,
+            Op::set_request,
+        ),
+        (
+            "remove_request_header",
+            &args.remove_request_header,
+            Op::remove_request,
+        ),
+        (
+            "set_response_header",
+            &args.set_response_header,
+            Op::set_response,
+        ),
+        (
+            "remove_response_header",
+            &args.remove_response_header,
+            Op::remove_response,
+        ),
+        (
+            "upstream_http_version",
+            &args.upstream_http_version,
+            Op::version,
+        ),
+    ];
+    let position = |id: &str, i: usize| -> usize {
+        matches
+            .and_then(|m| m.indices_of(id))
+            .and_then(|mut ix| ix.nth(i))
+            .unwrap_or(usize::MAX)
+    };
+    let mut items: Vec<(usize, Vec<Rule>)> = Vec::new();
+    for (id, values, make) in flags {
+        let flag = format!("--{}", id.replace('_', "-"));
+        for (i, v) in values.iter().enumerate() {
+            let op = make(v).with_context(|| format!("{flag} {v:?}"))?;
+            items.push((
+                position(id, i),
+                vec![Rule {
+                    op,
+                    scope: Scope::default(),
+                }],
+            ));
+        }
+    }
+    for (i, path) in args.rules.iter().enumerate() {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("--rules {}", path.display()))?;
+        let rules =
+            parse_rules_toml(&text).with_context(|| format!("--rules {}", path.display()))?;
+        items.push((position("rules", i), rules.0));
+    }
+    // stable: without indices (tests) the order above stands
+    items.sort_by_key(|(pos, _)| *pos);
+    Ok(Rules(items.into_iter().flat_map(|(_, r)| r).collect()))
+}
+
+pub fn validate(args: ProxyArgs, matches: Option<&ArgMatches>) -> anyhow::Result<ProxyRun> {
     let listen = parse_listen(&args.listen)?;
     let upstream: UpstreamUrl = args.upstream.parse().context("--upstream")?;
     if args.max_preview > 16 * 1024 * 1024 {
@@ -118,7 +213,18 @@ pub fn validate(args: ProxyArgs) -> anyhow::Result<ProxyRun> {
     config.header_timeout = args.header_timeout;
     config.handshake_timeout = args.handshake_timeout;
     config.grace = args.grace;
-    config.expected_idle = args.expect_idle_timeout;
+    config.expected_idle = args.expect_idle_timeout.clone();
+    config.rules = ordered_rules(&args, matches)?;
+    config.simulate = args.simulate.as_deref().and_then(Hop::parse);
+    config.idle_cut = match (config.simulate, args.idle_timeout) {
+        (_, Some(after)) => Some(IdleRule {
+            after,
+            count_client: true,
+            label: "--idle-timeout".into(),
+        }),
+        (Some(hop), None) => Some(hop.idle_rule()),
+        (None, None) => None,
+    };
     config.strict = args.strict;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.listener_tls =
@@ -156,8 +262,8 @@ pub fn validate(args: ProxyArgs) -> anyhow::Result<ProxyRun> {
     })
 }
 
-pub async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
-    let running = start(validate(args)?).await?;
+pub async fn run(args: ProxyArgs, matches: Option<&ArgMatches>) -> anyhow::Result<ExitCode> {
+    let running = start(validate(args, matches)?).await?;
     crate::cli::shutdown_signal().await;
     running.stop().await?;
     Ok(ExitCode::SUCCESS)
@@ -184,6 +290,20 @@ pub async fn start(run: ProxyRun) -> anyhow::Result<Running> {
     if run.trust.insecure {
         eprintln!(
             "wstap: warning: --insecure: upstream TLS certificates are not verified; use it for debugging only"
+        );
+    }
+    if let Some(hop) = run.config.simulate {
+        eprintln!(
+            "wstap: SIMULATING {} (--simulate {}): connections through this proxy are broken on purpose",
+            hop.describe(),
+            hop.name()
+        );
+    }
+    if let Some(idle) = &run.config.idle_cut {
+        eprintln!(
+            "wstap: SIMULATING an idle cut: WebSockets are dropped after {} without traffic ({}), with no close frame",
+            humantime::format_duration(idle.after),
+            idle.label
         );
     }
     let proxy = Proxy::bind(run.config, tls, tx).await?;

@@ -16,6 +16,7 @@ pub mod inject;
 pub mod preview;
 pub mod rewrite;
 pub mod session;
+pub mod simulate;
 pub mod stream;
 pub mod utf8;
 pub mod violation;

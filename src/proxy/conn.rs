@@ -18,7 +18,7 @@ use super::Shared;
 use crate::proto::analysis;
 use crate::proto::event::{
     millis, CloseSummary, ConnId, Dir, ErrorEvent, Event, EventKind, Finding, Handshake,
-    HttpExchange, ResponseView,
+    HttpExchange, ResponseView, Severity,
 };
 use crate::proto::failure::{verification_disabled, ClientTlsFailure, UpstreamFailure};
 use crate::proto::handshake::{self, Negotiated};
@@ -27,7 +27,9 @@ use crate::proto::http::{
     RequestHead, ResponseHead,
 };
 use crate::proto::preview;
+use crate::proto::rewrite::Context;
 use crate::proto::session::{summarize, EndContext};
+use crate::proto::simulate;
 use crate::proto::stream::{StreamTap, TapConfig};
 
 /// Bytes of a refused upgrade's body kept for the log.
@@ -77,6 +79,8 @@ struct Conn {
     upstream_bytes: u64,
     /// `tls-verification-disabled` was sent for this connection.
     insecure_reported: bool,
+    /// The `simulated-hop` note was sent for this connection.
+    simulation_reported: bool,
 }
 
 /// Serves one accepted client connection to its end.
@@ -168,6 +172,7 @@ async fn serve_from(
         upstream: None,
         upstream_bytes: 0,
         insecure_reported: false,
+        simulation_reported: false,
     };
     conn.run().await;
 }
@@ -218,12 +223,41 @@ impl Conn {
     }
 
     /// The handshake event, then what the analysis makes of it.
-    async fn emit_handshake(&self, hs: Handshake) {
-        let findings = analysis::analyze(&hs);
+    async fn emit_handshake(&mut self, hs: Handshake, rewrites: &[String]) {
+        let mut findings = analysis::analyze(&hs);
+        if !rewrites.is_empty() {
+            findings.insert(
+                0,
+                Finding::new(
+                    "header-rewritten",
+                    Severity::Info,
+                    format!("wstap rewrote the handshake: {}", rewrites.join("; ")),
+                    "Your rewrite rules (--set-request-header and friends, --rules) made these changes; the handshake event shows each view before and after.",
+                )
+                .view("wstap"),
+            );
+        }
         self.emit(EventKind::Handshake(Box::new(hs))).await;
+        if let Some(f) = self.simulation_note() {
+            self.emit_finding(f).await;
+        }
         for f in findings {
             self.emit_finding(f).await;
         }
+    }
+
+    /// The `simulated-hop` finding, once per connection a simulation touches.
+    fn simulation_note(&mut self) -> Option<Finding> {
+        if self.simulation_reported {
+            return None;
+        }
+        let f = match (self.shared.cfg.simulate, &self.shared.cfg.idle_cut) {
+            (Some(hop), _) => hop.finding(),
+            (None, Some(idle)) => simulate::idle_cut_finding(idle.after),
+            (None, None) => return None,
+        };
+        self.simulation_reported = true;
+        Some(f)
     }
 
     async fn run(mut self) {
@@ -370,8 +404,25 @@ impl Conn {
             }
         };
 
-        let mut up_req = req.clone();
-        up_req.target = self.shared.cfg.upstream.map_target(&req.target);
+        let cfg = &self.shared.cfg;
+        let upstream_authority = cfg.upstream.authority();
+        let mut up_req = match cfg.simulate {
+            Some(hop) => hop.forward(
+                &req,
+                &cfg.upstream.host,
+                cfg.upstream.port,
+                cfg.upstream.scheme.is_tls(),
+            ),
+            None => req.clone(),
+        };
+        up_req.target = cfg.upstream.map_target(&req.target);
+        let shared = self.shared.clone();
+        let ctx = Context {
+            incoming: &req,
+            upstream: &upstream_authority,
+        };
+        let mut rewrites = shared.cfg.rules.apply_request(&mut up_req, &ctx);
+        // unchanged heads go upstream byte for byte
         let up_raw = if up_req == req {
             raw
         } else {
@@ -388,7 +439,7 @@ impl Conn {
         let (resp, resp_raw) = loop {
             tries -= 1;
             if let Err(f) = self.send_head(&up_raw).await {
-                return self.upstream_failed(&req, hs, f, started).await;
+                return self.upstream_failed(&req, hs, f, started, &rewrites).await;
             }
             hs.upstream_request = Some(up_req.view());
             let timeout = attempt.then_some(self.shared.cfg.handshake_timeout);
@@ -406,7 +457,7 @@ impl Conn {
                 Err(ExchangeError::Upstream(f, reused)) => {
                     self.drop_upstream();
                     if !(reused && tries > 0) {
-                        return self.upstream_failed(&req, hs, f, started).await;
+                        return self.upstream_failed(&req, hs, f, started, &rewrites).await;
                     }
                 }
             }
@@ -415,8 +466,13 @@ impl Conn {
             up.reused = true;
         }
 
-        let client_resp = resp.clone();
-        let client_resp_raw = resp_raw;
+        let mut client_resp = resp.clone();
+        rewrites.extend(shared.cfg.rules.apply_response(&mut client_resp, &ctx));
+        let client_resp_raw = if client_resp == resp {
+            resp_raw
+        } else {
+            client_resp.to_bytes()
+        };
         hs.upstream_response = Some(resp.view());
         hs.client_response = Some(client_resp.view());
         hs.upstream_addr = self.upstream.as_ref().map(|u| u.addr.to_string());
@@ -424,7 +480,7 @@ impl Conn {
         if let Err(e) = write_flush(&mut self.client_wr, &client_resp_raw).await {
             self.drop_upstream();
             if attempt {
-                self.emit_handshake(hs).await;
+                self.emit_handshake(hs, &rewrites).await;
             }
             return Step::Done(End::new(
                 "client-closed",
@@ -434,7 +490,7 @@ impl Conn {
 
         if resp.status == 101 {
             if attempt {
-                self.emit_handshake(hs).await;
+                self.emit_handshake(hs, &rewrites).await;
                 return Step::Upgrade(client_resp);
             }
             return self.tunnel(&req, hs.client_response.take(), started).await;
@@ -473,7 +529,7 @@ impl Conn {
                     }
                 }
             }
-            self.emit_handshake(hs).await;
+            self.emit_handshake(hs, &rewrites).await;
         } else {
             let response_bytes = *body.as_ref().unwrap_or(&0);
             self.emit(EventKind::Http(HttpExchange {
@@ -486,6 +542,7 @@ impl Conn {
                 client_request: hs.client_request.take(),
                 client_response: hs.client_response.take(),
                 upstream_addr: hs.upstream_addr.take(),
+                rewrites,
             }))
             .await;
         }
@@ -507,8 +564,10 @@ impl Conn {
             }
             Ok(_) => {}
         }
-        if resp_framing == BodyKind::UntilClose || !resp.keep_alive() {
+        if resp_framing == BodyKind::UntilClose || !resp.keep_alive() || !up_req.keep_alive() {
             self.drop_upstream();
+        }
+        if resp_framing == BodyKind::UntilClose || !client_resp.keep_alive() {
             return Step::Done(End::new(
                 "server-closed",
                 "the upstream ended the connection after its response",
@@ -558,6 +617,7 @@ impl Conn {
         mut hs: Handshake,
         f: UpstreamFailure,
         started: Instant,
+        rewrites: &[String],
     ) -> Step {
         let upstream = self.shared.cfg.upstream.to_string();
         let (head, bytes) = own_response(f.status(), &f.client_body(&upstream));
@@ -567,7 +627,7 @@ impl Conn {
             view.body_preview = Some(f.message());
             hs.client_response = Some(view);
             hs.duration_ms = Some(millis(started.elapsed()));
-            self.emit_handshake(hs).await;
+            self.emit_handshake(hs, rewrites).await;
         } else {
             self.emit(EventKind::Http(HttpExchange {
                 method: req.method.clone(),
@@ -579,6 +639,7 @@ impl Conn {
                 client_request: hs.client_request.take(),
                 client_response: Some(head.view()),
                 upstream_addr: None,
+                rewrites: rewrites.to_vec(),
             }))
             .await;
         }
@@ -605,6 +666,7 @@ impl Conn {
             client_request: Some(req.view()),
             client_response,
             upstream_addr,
+            rewrites: Vec::new(),
         }))
         .await;
         let Some(up) = self.upstream.as_mut() else {
@@ -632,6 +694,7 @@ impl Conn {
             upstream,
             upstream_bytes,
             insecure_reported: _,
+            simulation_reported: _,
         } = self;
         let Some(up) = upstream else {
             return;

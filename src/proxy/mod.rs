@@ -22,6 +22,8 @@ use tracing::Instrument;
 use crate::bus::EventTx;
 use crate::proto::event::{ConnId, Dir, Event, EventKind, Listening};
 use crate::proto::inject;
+use crate::proto::rewrite::Rules;
+use crate::proto::simulate::{Hop, IdleRule};
 use crate::tls::server::ListenerTls;
 use upstream::{Connector, UpstreamUrl};
 
@@ -45,7 +47,11 @@ pub struct ProxyConfig {
     /// `--strict`: close with 1002 on a protocol violation.
     pub strict: bool,
     /// Cut idle WebSockets like a load balancer (`--idle-timeout`, `--simulate`).
-    pub idle_cut: Option<relay::IdleCut>,
+    pub idle_cut: Option<IdleRule>,
+    /// Rewrite rules for heads passing through (`--set-request-header`, `--rules`, ...).
+    pub rules: Rules,
+    /// `--simulate`: forward like a misconfigured hop.
+    pub simulate: Option<Hop>,
     /// Serve TLS on the listener (`--tls-cert/--tls-key`); `None`: plain.
     pub listener_tls: Option<ListenerTls>,
     /// Upstream certificates are not verified (`--insecure`): every TLS
@@ -69,6 +75,8 @@ impl ProxyConfig {
             expected_idle: Vec::new(),
             strict: false,
             idle_cut: None,
+            rules: Rules::default(),
+            simulate: None,
             listener_tls: None,
             insecure: false,
         }

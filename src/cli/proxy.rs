@@ -4,6 +4,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -14,12 +15,15 @@ use crate::proto::simulate::{Hop, IdleRule};
 
 use crate::bus;
 use crate::proxy::upstream::UpstreamUrl;
-use crate::proxy::{Proxy, ProxyConfig};
+use crate::proxy::{ForwardOptions, Mode, Proxy, ProxyConfig};
 use crate::sink::har::{self, HarOptions, HarSink};
 use crate::sink::ndjson::NdjsonSink;
 use crate::sink::terminal::TerminalSink;
 use crate::sink::{spawn_dispatcher, Sink};
+use crate::tls::ca::{default_dir, LocalCa, Origin};
 use crate::tls::client::{client_config, TrustOptions};
+use crate::tls::leaf::LeafMinter;
+use crate::tls::server::Interceptor;
 use crate::tls::server::ListenerTls;
 
 #[derive(Debug, Args)]
@@ -28,8 +32,25 @@ pub struct ProxyArgs {
     #[arg(long, default_value = "127.0.0.1:9000", value_name = "ADDR")]
     pub listen: String,
     /// The real server: ws://, wss://, http:// or https:// host:port, optional path prefix.
-    #[arg(long, value_name = "URL")]
-    pub upstream: String,
+    #[arg(
+        long,
+        value_name = "URL",
+        required_unless_present = "forward",
+        conflicts_with = "forward"
+    )]
+    pub upstream: Option<String>,
+    /// Run as an HTTP proxy instead: absolute-form requests are forwarded and
+    /// CONNECT tunnels are intercepted with the local CA (see `wstap ca`).
+    #[arg(long)]
+    pub forward: bool,
+    /// Where the interception CA lives (forward mode); created if absent.
+    /// Default: $XDG_DATA_HOME/wstap (or ~/.local/share/wstap).
+    #[arg(long, value_name = "DIR", requires = "forward")]
+    pub ca_dir: Option<PathBuf>,
+    /// Tunnel CONNECTs to these hosts untouched, without interception
+    /// (repeatable; globs like *.example.com).
+    #[arg(long, value_name = "HOST", requires = "forward")]
+    pub no_intercept: Vec<String>,
     /// Write the event stream as NDJSON to FILE (`-` for stdout).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -193,7 +214,27 @@ fn ordered_rules(args: &ProxyArgs, matches: Option<&ArgMatches>) -> anyhow::Resu
 
 pub fn validate(args: ProxyArgs, matches: Option<&ArgMatches>) -> anyhow::Result<ProxyRun> {
     let listen = parse_listen(&args.listen)?;
-    let upstream: UpstreamUrl = args.upstream.parse().context("--upstream")?;
+    let mode = match &args.upstream {
+        Some(u) => Mode::Reverse(u.parse::<UpstreamUrl>().context("--upstream")?),
+        None => {
+            let dir = match &args.ca_dir {
+                Some(d) => d.clone(),
+                None => default_dir().context("--ca-dir")?,
+            };
+            let (ca, origin) = LocalCa::load_or_create(&dir)
+                .with_context(|| format!("the interception CA in {}", dir.display()))?;
+            if matches!(origin, Origin::Created) {
+                eprintln!(
+                    "wstap: created the interception CA {}; trust it in your client (README: Trust the wstap CA)",
+                    ca.cert_path().display()
+                );
+            }
+            Mode::Forward(ForwardOptions {
+                interceptor: Arc::new(Interceptor::new(Arc::new(LeafMinter::new(ca)))),
+                no_intercept: args.no_intercept.clone(),
+            })
+        }
+    };
     if args.max_preview > 16 * 1024 * 1024 {
         bail!(
             "--max-preview {} is more than 16 MiB; previews are for reading",
@@ -207,7 +248,7 @@ pub fn validate(args: ProxyArgs, matches: Option<&ArgMatches>) -> anyhow::Result
             har::MAX_PAYLOAD_LIMIT >> 20
         );
     }
-    let mut config = ProxyConfig::new(listen, upstream);
+    let mut config = ProxyConfig::with_mode(listen, mode);
     config.max_preview = args.max_preview;
     config.connect_timeout = args.connect_timeout;
     config.header_timeout = args.header_timeout;
@@ -281,7 +322,7 @@ pub async fn start(run: ProxyRun) -> anyhow::Result<Running> {
     let (tx, rx) = bus::channel(bus::DEFAULT_CAPACITY, false);
     let dispatcher = spawn_dispatcher(rx, run.sinks).context("starting the output thread")?;
     let tls = client_config(&run.trust).context("--upstream-ca")?;
-    let upstream = run.config.upstream.to_string();
+    let upstream = run.config.mode.label();
     let served = if run.config.listener_tls.is_some() {
         " (TLS: wss://, https://)"
     } else {

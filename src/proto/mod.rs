@@ -10,6 +10,7 @@ pub mod deflate;
 pub mod event;
 pub mod failure;
 pub mod frame;
+pub mod glob;
 pub mod handshake;
 pub mod http;
 pub mod inject;

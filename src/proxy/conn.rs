@@ -13,8 +13,9 @@ use tokio::net::TcpStream;
 use super::body::{copy_body, BodyError, Capture};
 use super::io::{BoxIo, Inbound, ReadHeadError};
 use super::relay::{self, RelayOptions, Sides};
-use super::upstream::{authority, Connected, Endpoint};
+use super::upstream::{authority, Connected, Endpoint, UpstreamUrl};
 use super::Shared;
+use super::{forward, Mode};
 use crate::proto::analysis;
 use crate::proto::event::{
     millis, CloseSummary, ConnId, Dir, ErrorEvent, Event, EventKind, Finding, Handshake,
@@ -47,13 +48,13 @@ struct UpstreamConn {
 }
 
 /// How a connection ended, for its `close` event.
-struct End {
+pub(super) struct End {
     reason: &'static str,
     detail: String,
 }
 
 impl End {
-    fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+    pub(super) fn new(reason: &'static str, detail: impl Into<String>) -> Self {
         End {
             reason,
             detail: detail.into(),
@@ -61,19 +62,21 @@ impl End {
     }
 }
 
-enum Step {
+pub(super) enum Step {
     Next,
     Done(End),
     /// A 101 answered a WebSocket handshake: relay from here on.
     Upgrade(ResponseHead),
+    /// A forward proxy's client asked for a tunnel.
+    Connect(RequestHead),
 }
 
-struct Conn {
-    shared: Arc<Shared>,
-    id: ConnId,
-    accepted: SystemTime,
-    client_rd: Inbound<Rd>,
-    client_wr: Wr,
+pub(super) struct Conn {
+    pub(super) shared: Arc<Shared>,
+    pub(super) id: ConnId,
+    pub(super) accepted: SystemTime,
+    pub(super) client_rd: Inbound<Rd>,
+    pub(super) client_wr: Wr,
     upstream: Option<UpstreamConn>,
     /// Bytes read from earlier upstream connections of this client.
     upstream_bytes: u64,
@@ -81,6 +84,12 @@ struct Conn {
     insecure_reported: bool,
     /// The `simulated-hop` note was sent for this connection.
     simulation_reported: bool,
+    /// Where every request goes (reverse mode, or inside an intercepted
+    /// CONNECT); `None` for a forward proxy's own connection, where each
+    /// request names its upstream.
+    pub(super) fixed: Option<UpstreamUrl>,
+    /// The upstream the open upstream connection leads to.
+    current: Option<UpstreamUrl>,
 }
 
 /// Serves one accepted client connection to its end.
@@ -162,19 +171,36 @@ async fn serve_from(
     accepted: SystemTime,
 ) {
     tracing::debug!(%peer, conn = id.0, "accepted");
-    let (rd, wr) = tokio::io::split(io);
-    let conn = Conn {
-        shared,
-        id,
-        accepted,
-        client_rd: Inbound::new(rd),
-        client_wr: wr,
-        upstream: None,
-        upstream_bytes: 0,
-        insecure_reported: false,
-        simulation_reported: false,
+    let fixed = match &shared.cfg.mode {
+        Mode::Reverse(u) => Some(u.clone()),
+        Mode::Forward(_) => None,
     };
-    conn.run().await;
+    Conn::new(shared, id, accepted, io, fixed).run().await;
+}
+
+impl Conn {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        id: ConnId,
+        accepted: SystemTime,
+        io: BoxIo,
+        fixed: Option<UpstreamUrl>,
+    ) -> Conn {
+        let (rd, wr) = tokio::io::split(io);
+        Conn {
+            shared,
+            id,
+            accepted,
+            client_rd: Inbound::new(rd),
+            client_wr: wr,
+            upstream: None,
+            upstream_bytes: 0,
+            insecure_reported: false,
+            simulation_reported: false,
+            fixed,
+            current: None,
+        }
+    }
 }
 
 fn reason_phrase(status: u16) -> &'static str {
@@ -211,7 +237,7 @@ async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io:
 }
 
 impl Conn {
-    async fn emit(&self, kind: EventKind) {
+    pub(super) async fn emit(&self, kind: EventKind) {
         self.shared
             .events
             .send(Event::conn(SystemTime::now(), self.id, kind))
@@ -260,7 +286,7 @@ impl Conn {
         Some(f)
     }
 
-    async fn run(mut self) {
+    pub(super) async fn run(mut self) {
         let mut first = true;
         let end = loop {
             let head = self
@@ -292,6 +318,12 @@ impl Conn {
                 Step::Next => continue,
                 Step::Done(end) => break end,
                 Step::Upgrade(resp) => return self.websocket(resp).await,
+                Step::Connect(req) => {
+                    if forward::intercepts(&self.shared, &req) {
+                        return forward::intercept(self, req).await;
+                    }
+                    break forward::tunnel(&mut self, req).await;
+                }
             }
         };
         let _ = self.client_wr.shutdown().await;
@@ -329,12 +361,20 @@ impl Conn {
         End::new("bad-request", message)
     }
 
-    /// Makes sure an upstream connection is open.
-    async fn ensure_upstream(&mut self) -> Result<(), UpstreamFailure> {
+    /// Makes sure an upstream connection to `url` is open.
+    pub(super) async fn ensure_upstream(
+        &mut self,
+        url: &UpstreamUrl,
+    ) -> Result<(), UpstreamFailure> {
+        let ep = Endpoint::from(url);
         if self.upstream.is_some() {
-            return Ok(());
+            if self.current.as_ref().map(Endpoint::from).as_ref() == Some(&ep) {
+                return Ok(());
+            }
+            // a forward proxy's client moved on to another host
+            self.drop_upstream();
         }
-        let ep = Endpoint::from(&self.shared.cfg.upstream);
+        self.current = Some(url.clone());
         let Connected { io, addr, tls, .. } = self.shared.connector.connect(&ep).await?;
         // Once per client connection, even if it reconnects upstream.
         if tls.is_some() && self.shared.cfg.insecure && !self.insecure_reported {
@@ -360,9 +400,9 @@ impl Conn {
 
     /// Sends the request head upstream, reconnecting once when a reused
     /// keep-alive connection turns out to be closed.
-    async fn send_head(&mut self, bytes: &[u8]) -> Result<(), UpstreamFailure> {
+    async fn send_head(&mut self, bytes: &[u8], url: &UpstreamUrl) -> Result<(), UpstreamFailure> {
         for attempt in 0..2 {
-            self.ensure_upstream().await?;
+            self.ensure_upstream(url).await?;
             let Some(up) = self.upstream.as_mut() else {
                 continue;
             };
@@ -382,13 +422,40 @@ impl Conn {
             }
         }
         Err(UpstreamFailure::Dropped {
-            addr: self.shared.cfg.upstream.authority(),
+            addr: url.authority(),
             detail: "could not send the request".into(),
         })
     }
 
+    /// Where a request goes, and the target to send there.
+    fn route(&self, req: &RequestHead) -> Result<(UpstreamUrl, String), String> {
+        if let Some(u) = &self.fixed {
+            return Ok((u.clone(), u.map_target(&req.target)));
+        }
+        forward::absolute_form(&req.target).ok_or_else(|| {
+            format!(
+                "wstap runs as a forward proxy (--forward): it takes absolute-form requests (GET http://host/path) and CONNECT, not {:?}; set it as the client's HTTP proxy",
+                req.target
+            )
+        })
+    }
+
+    /// Answers a request the proxy cannot route.
+    async fn refuse_route(&mut self, message: String) -> Step {
+        self.emit(EventKind::Error(ErrorEvent {
+            message: message.clone(),
+        }))
+        .await;
+        let (_, bytes) = own_response(400, &format!("wstap: {message}\n"));
+        let _ = write_flush(&mut self.client_wr, &bytes).await;
+        Step::Done(End::new("bad-request", message))
+    }
+
     async fn exchange(&mut self, req: RequestHead, raw: Vec<u8>) -> Step {
         let started = Instant::now();
+        if self.fixed.is_none() && req.method.eq_ignore_ascii_case("CONNECT") {
+            return Step::Connect(req);
+        }
         let attempt = handshake::is_attempt(&req);
         let framing = match request_body(&req) {
             Ok(k) => k,
@@ -404,18 +471,17 @@ impl Conn {
             }
         };
 
+        let (url, up_target) = match self.route(&req) {
+            Ok(r) => r,
+            Err(step) => return self.refuse_route(step).await,
+        };
         let cfg = &self.shared.cfg;
-        let upstream_authority = cfg.upstream.authority();
+        let upstream_authority = url.authority();
         let mut up_req = match cfg.simulate {
-            Some(hop) => hop.forward(
-                &req,
-                &cfg.upstream.host,
-                cfg.upstream.port,
-                cfg.upstream.scheme.is_tls(),
-            ),
+            Some(hop) => hop.forward(&req, &url.host, url.port, url.scheme.is_tls()),
             None => req.clone(),
         };
-        up_req.target = cfg.upstream.map_target(&req.target);
+        up_req.target = up_target;
         let shared = self.shared.clone();
         let ctx = Context {
             incoming: &req,
@@ -438,8 +504,10 @@ impl Conn {
         let mut tries = if framing == BodyKind::Empty { 2 } else { 1 };
         let (resp, resp_raw) = loop {
             tries -= 1;
-            if let Err(f) = self.send_head(&up_raw).await {
-                return self.upstream_failed(&req, hs, f, started, &rewrites).await;
+            if let Err(f) = self.send_head(&up_raw, &url).await {
+                return self
+                    .upstream_failed(&req, hs, f, started, &rewrites, &url)
+                    .await;
             }
             hs.upstream_request = Some(up_req.view());
             let timeout = attempt.then_some(self.shared.cfg.handshake_timeout);
@@ -457,7 +525,9 @@ impl Conn {
                 Err(ExchangeError::Upstream(f, reused)) => {
                     self.drop_upstream();
                     if !(reused && tries > 0) {
-                        return self.upstream_failed(&req, hs, f, started, &rewrites).await;
+                        return self
+                            .upstream_failed(&req, hs, f, started, &rewrites, &url)
+                            .await;
                     }
                 }
             }
@@ -593,7 +663,11 @@ impl Conn {
         let Some(up) = self.upstream.as_mut() else {
             return Err(ExchangeError::Upstream(
                 UpstreamFailure::Dropped {
-                    addr: self.shared.cfg.upstream.authority(),
+                    addr: self
+                        .current
+                        .as_ref()
+                        .map(|u| u.authority())
+                        .unwrap_or_default(),
                     detail: "no upstream connection".into(),
                 },
                 false,
@@ -611,15 +685,16 @@ impl Conn {
         }
     }
 
-    async fn upstream_failed(
+    pub(super) async fn upstream_failed(
         &mut self,
         req: &RequestHead,
         mut hs: Handshake,
         f: UpstreamFailure,
         started: Instant,
         rewrites: &[String],
+        url: &UpstreamUrl,
     ) -> Step {
-        let upstream = self.shared.cfg.upstream.to_string();
+        let upstream = url.to_string();
         let (head, bytes) = own_response(f.status(), &f.client_body(&upstream));
         let _ = write_flush(&mut self.client_wr, &bytes).await;
         if handshake::is_attempt(req) {
@@ -647,19 +722,20 @@ impl Conn {
         Step::Done(End::new("upstream-failed", f.message()))
     }
 
-    /// A 101 to something other than a WebSocket (h2c, ...): bytes pass
-    /// both ways undecoded.
-    async fn tunnel(
+    /// A 101 to something other than a WebSocket (h2c, ...), or a CONNECT
+    /// that is not intercepted: bytes pass both ways undecoded.
+    pub(super) async fn tunnel(
         &mut self,
         req: &RequestHead,
         client_response: Option<ResponseView>,
         started: Instant,
     ) -> Step {
         let upstream_addr = self.upstream.as_ref().map(|u| u.addr.to_string());
+        let status = client_response.as_ref().map_or(101, |r| r.status);
         self.emit(EventKind::Http(HttpExchange {
             method: req.method.clone(),
             target: req.target.clone(),
-            status: 101,
+            status,
             duration_ms: millis(started.elapsed()),
             request_bytes: 0,
             response_bytes: 0,
@@ -695,6 +771,8 @@ impl Conn {
             upstream_bytes,
             insecure_reported: _,
             simulation_reported: _,
+            fixed: _,
+            current: _,
         } = self;
         let Some(up) = upstream else {
             return;

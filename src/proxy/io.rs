@@ -130,6 +130,13 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
         &mut self.io
     }
 
+    /// The reader and the bytes read but not consumed, to hand the
+    /// connection to another protocol (TLS after CONNECT).
+    pub fn into_parts(self) -> (R, Vec<u8>) {
+        let rest = self.buf[self.start..].to_vec();
+        (self.io, rest)
+    }
+
     /// Frees the buffer when it holds nothing, so an idle connection keeps
     /// no read memory.
     pub fn release_if_empty(&mut self) {
@@ -137,6 +144,60 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
             self.buf = Vec::new();
             self.start = 0;
         }
+    }
+}
+
+/// A stream that first yields bytes already read from it.
+pub struct Prefixed<IO> {
+    prefix: Vec<u8>,
+    pos: usize,
+    io: IO,
+}
+
+impl<IO> Prefixed<IO> {
+    pub fn new(prefix: Vec<u8>, io: IO) -> Self {
+        Prefixed { prefix, pos: 0, io }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -153,6 +214,14 @@ mod tests {
         assert_eq!(h.target, "/");
         assert_eq!(raw, &data[..raw.len()]);
         assert_eq!(r.buffered(), b"\x81\x00rest");
+    }
+
+    #[tokio::test]
+    async fn prefixed_streams_yield_the_prefix_first() {
+        let mut p = Prefixed::new(b"ab".to_vec(), &b"cd"[..]);
+        let mut out = Vec::new();
+        p.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"abcd");
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 
 pub mod body;
 pub mod conn;
+pub mod forward;
 pub mod io;
 pub mod relay;
 pub mod upstream;
@@ -21,17 +22,54 @@ use tracing::Instrument;
 
 use crate::bus::EventTx;
 use crate::proto::event::{ConnId, Dir, Event, EventKind, Listening};
+use crate::proto::glob;
 use crate::proto::inject;
 use crate::proto::rewrite::Rules;
 use crate::proto::simulate::{Hop, IdleRule};
+use crate::tls::server::Interceptor;
 use crate::tls::server::ListenerTls;
 use upstream::{Connector, UpstreamUrl};
+
+/// What the proxy sits in front of.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// A reverse proxy for one upstream (`--upstream URL`).
+    Reverse(UpstreamUrl),
+    /// An HTTP proxy (`--forward`): absolute-form requests are forwarded,
+    /// CONNECT tunnels are intercepted with the local CA.
+    Forward(ForwardOptions),
+}
+
+/// Forward-mode settings.
+#[derive(Debug, Clone)]
+pub struct ForwardOptions {
+    /// Mints the certificates intercepted clients see.
+    pub interceptor: Arc<Interceptor>,
+    /// Hosts (globs) whose CONNECT tunnels pass untouched (`--no-intercept`).
+    pub no_intercept: Vec<String>,
+}
+
+impl ForwardOptions {
+    pub fn intercepts(&self, host: &str) -> bool {
+        !self.no_intercept.iter().any(|p| glob::matches(p, host))
+    }
+}
+
+impl Mode {
+    /// For the `listening` event and the start-up line.
+    pub fn label(&self) -> String {
+        match self {
+            Mode::Reverse(u) => u.to_string(),
+            Mode::Forward(_) => "forward proxy (absolute-form and CONNECT)".into(),
+        }
+    }
+}
 
 /// Everything the proxy needs to run, validated.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     pub listen: SocketAddr,
-    pub upstream: UpstreamUrl,
+    pub mode: Mode,
     pub max_preview: usize,
     /// Payload bytes per frame attached to events for the HAR sink (0: none).
     pub capture: usize,
@@ -63,9 +101,14 @@ pub struct ProxyConfig {
 impl ProxyConfig {
     /// Defaults from the interface contract, in front of `upstream`.
     pub fn new(listen: SocketAddr, upstream: UpstreamUrl) -> Self {
+        Self::with_mode(listen, Mode::Reverse(upstream))
+    }
+
+    /// Defaults from the interface contract, in either mode.
+    pub fn with_mode(listen: SocketAddr, mode: Mode) -> Self {
         ProxyConfig {
             listen,
-            upstream,
+            mode,
             max_preview: 256,
             capture: 0,
             connect_timeout: Duration::from_secs(10),
@@ -165,7 +208,7 @@ impl Proxy {
                 None,
                 EventKind::Listening(Listening {
                     addr: addr.to_string(),
-                    upstream: Some(cfg.upstream.to_string()),
+                    upstream: Some(cfg.mode.label()),
                 }),
             ))
             .await;

@@ -1,5 +1,5 @@
-//! `wstap ca init` and `wstap ca path`: create the local CA once and say
-//! where its certificate is. Prints paths and trust steps, never the key.
+//! `wstap ca init`, `path` and `spki`: create the local CA once and say
+//! where its certificate is and how to pin it. Never prints the key.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +21,9 @@ pub enum CaCommand {
     Init(DirArg),
     /// Print the CA certificate's path.
     Path(DirArg),
+    /// Print the CA key's SPKI hash, for Chromium's
+    /// --ignore-certificate-errors-spki-list (trust without the system store).
+    Spki(DirArg),
 }
 
 #[derive(Debug, Args)]
@@ -43,6 +46,10 @@ pub fn run(args: CaArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         CaCommand::Init(d) => init(&d.resolve()?),
         CaCommand::Path(d) => path(&d.resolve()?),
+        CaCommand::Spki(d) => {
+            println!("{}", LocalCa::load(&d.resolve()?)?.spki_sha256());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

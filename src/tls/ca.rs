@@ -183,6 +183,17 @@ impl LocalCa {
         &self.cert_der
     }
 
+    /// base64(SHA-256(SubjectPublicKeyInfo)) of the CA key: what Chromium's
+    /// `--ignore-certificate-errors-spki-list` takes to trust this CA
+    /// without touching the system store.
+    pub fn spki_sha256(&self) -> String {
+        use base64::Engine;
+        use rcgen::PublicKeyData;
+        let spki = self.issuer.key().subject_public_key_info();
+        let digest = ring::digest::digest(&ring::digest::SHA256, &spki);
+        base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+    }
+
     pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
         &self.issuer
     }
@@ -408,6 +419,16 @@ mod tests {
         assert_eq!(fs::read(dir.join(CERT_FILE)).unwrap(), cert_before);
         assert_eq!(fs::read(dir.join(KEY_FILE)).unwrap(), key_before);
         assert!(!format!("{again:?}").contains("PRIVATE"));
+        // the pin is over the SubjectPublicKeyInfo exactly as the
+        // certificate carries it, and survives a reload
+        use rcgen::PublicKeyData;
+        let spki = ca.issuer().key().subject_public_key_info();
+        assert!(ca
+            .cert_der()
+            .windows(spki.len())
+            .any(|w| w == spki.as_slice()));
+        assert_eq!(again.spki_sha256(), ca.spki_sha256());
+        assert_eq!(ca.spki_sha256().len(), 44);
     }
 
     #[test]

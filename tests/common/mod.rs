@@ -430,6 +430,7 @@ pub fn closed_port() -> (tokio::net::TcpSocket, u16) {
     (s, port)
 }
 
+pub mod chromium;
 pub mod nginx;
 
 /// An echo upstream that accepts any request carrying `Sec-WebSocket-Key`

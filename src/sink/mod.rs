@@ -3,6 +3,7 @@
 //! failing sink is reported once and switched off, never taking others down.
 
 pub mod collect;
+pub mod frame_json;
 pub mod har;
 pub mod ndjson;
 pub mod terminal;

@@ -35,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bus;
+pub mod check;
 pub mod cli;
 pub mod demo;
 pub mod proto;

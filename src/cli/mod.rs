@@ -3,6 +3,7 @@
 //! pieces. The only module that knows every other one; `anyhow` lives here.
 
 mod ca;
+mod check;
 mod demo;
 mod proxy;
 
@@ -29,6 +30,9 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// The local CA for intercepting TLS: create it, find it.
     Ca(ca::CaArgs),
+    /// Check a WebSocket URL layer by layer (dns, tcp, tls, http-upgrade,
+    /// websocket), stopping at the first that fails.
+    Check(check::CheckArgs),
 }
 
 /// Exit codes: 0 ok, 1 a check or diff found a problem, 2 usage or runtime error.
@@ -54,6 +58,7 @@ pub fn main() -> ExitCode {
             Command::Proxy(args) => proxy::run(args, matches.subcommand_matches("proxy")).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Ca(args) => ca::run(args),
+            Command::Check(args) => check::run(args).await,
         }
     });
     match result {

@@ -5,6 +5,7 @@
 mod ca;
 mod check;
 mod demo;
+mod diff;
 mod proxy;
 
 use std::process::ExitCode;
@@ -33,6 +34,9 @@ pub enum Command {
     /// Check a WebSocket URL layer by layer (dns, tcp, tls, http-upgrade,
     /// websocket), stopping at the first that fails.
     Check(check::CheckArgs),
+    /// Pair the handshakes of two taps around a hop (by Sec-WebSocket-Key)
+    /// and show what the hop removed, added or changed.
+    Diff(diff::DiffArgs),
 }
 
 /// Exit codes: 0 ok, 1 a check or diff found a problem, 2 usage or runtime error.
@@ -59,6 +63,7 @@ pub fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Ca(args) => ca::run(args),
             Command::Check(args) => check::run(args).await,
+            Command::Diff(args) => diff::run(args).await,
         }
     });
     match result {

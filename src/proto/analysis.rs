@@ -110,12 +110,17 @@ pub fn judge_request(r: &RequestView, view: &str) -> Vec<Finding> {
     out
 }
 
+/// The view name `diff` judges a hop's forwarded request under.
+pub const BEHIND_HOP: &str = "behind_hop";
+
 fn label(view: &str) -> &'static str {
     match view {
         "client_request" => "client's request",
         "upstream_request" => "request wstap sent upstream",
         "upstream_response" => "upstream's response",
         "client_response" => "response to the client",
+        // `diff`: the back tap's view of what a hop forwarded
+        BEHIND_HOP => "request as it arrived behind the hop",
         _ => "message",
     }
 }

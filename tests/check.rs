@@ -651,3 +651,72 @@ async fn a_connect_that_gets_no_answer_times_out_and_is_told_from_refused() {
     assert!((900.0..5000.0).contains(&ms), "gave up after {ms} ms");
     drop(listener);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chatty_server_greeting_and_pinging_still_passes() {
+    use tokio_tungstenite::tungstenite::Message;
+    let up = scripted_upstream(|s| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+            return;
+        };
+        if ws.send(Message::text("welcome")).await.is_err() {
+            return;
+        }
+        loop {
+            match tokio::time::timeout(Duration::from_millis(300), ws.next()).await {
+                Ok(Some(Ok(m))) if m.is_text() => {
+                    if ws.send(m).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(_) => break,
+                // keepalive pings the client must answer
+                Err(_) => {
+                    if ws.send(Message::Ping("keepalive".into())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let r = check_json(&[&format!("ws://{up}/"), "--send", "hi", "--idle", "1s"], 0).await;
+    let ws = &r["websocket"];
+    assert_eq!(
+        ws["unsolicited"],
+        serde_json::json!(["text \"welcome\""]),
+        "{r:#}"
+    );
+    assert_eq!(ws["unsolicited_total"], 1);
+    assert_eq!(ws["reply"], "hi");
+    let d = detail(&r, "websocket");
+    assert!(d.contains("the server also sent text \"welcome\""), "{d}");
+    assert!(d.contains("ping(s) from the server"), "{d}");
+    assert_eq!(r["idle"]["cut"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_closes_at_once_fails_the_websocket_layer() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let up = scripted_upstream(|s| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+            return;
+        };
+        let _ = ws
+            .close(Some(CloseFrame {
+                code: CloseCode::Policy,
+                reason: "login first".into(),
+            }))
+            .await;
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    let r = check_json(&[&format!("ws://{up}/")], 1).await;
+    assert_eq!(r["failed"], "websocket");
+    assert_eq!(
+        detail(&r, "websocket"),
+        "the server closed with 1008 (Policy Violation) \"login first\" instead of answering the ping"
+    );
+}

@@ -185,8 +185,10 @@ pub struct WsOutcome {
     pub sent: Option<String>,
     pub reply: Option<String>,
     pub reply_ms: Option<f64>,
-    /// Messages the server sent unasked (before the pong or during the hold).
+    /// Frames the server sent unasked (before the pong or during the
+    /// hold): the first few in words, and how many in all.
     pub unsolicited: Vec<String>,
+    pub unsolicited_total: u64,
     /// How the close went, in words.
     pub close: Option<String>,
 }

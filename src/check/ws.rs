@@ -161,6 +161,11 @@ impl Conn {
     /// check.
     async fn next(&mut self, deadline: Instant) -> Result<FrameEvent, Ended> {
         loop {
+            // checked first: a server that never stops sending must not
+            // keep a step going past its deadline
+            if Instant::now() >= deadline {
+                return Err(Ended::Timeout);
+            }
             if let Some(f) = self.queue.pop_front() {
                 self.prev_frame = self.last_frame;
                 self.last_frame = Instant::now();
@@ -185,6 +190,19 @@ impl Conn {
                 Ok(Ok(_)) => self.feed(),
                 Ok(Err(e)) => return Err(Ended::Broken(e.to_string())),
             }
+        }
+    }
+}
+
+/// Unsolicited frames described in the report; the rest are only counted,
+/// so a chatty server cannot grow it.
+const UNSOLICITED_SHOWN: usize = 5;
+
+impl WsOutcome {
+    fn note_unsolicited(&mut self, f: &FrameEvent) {
+        self.unsolicited_total += 1;
+        if self.unsolicited.len() < UNSOLICITED_SHOWN {
+            self.unsolicited.push(describe_frame(f));
         }
     }
 }
@@ -490,7 +508,7 @@ async fn exchange(conn: &mut Conn, opts: &CheckOptions, out: &mut WsOutcome) -> 
                     format!("{} Check the server's logs for why it closes new connections.", close_code::meaning(f.close_code.unwrap_or(1005))),
                 ));
             }
-            Ok(f) => out.unsolicited.push(describe_frame(&f)),
+            Ok(f) => out.note_unsolicited(&f),
             Err(Ended::Timeout) => {
                 return Err(Failed::new(
                     format!("no pong within {}", human(opts.timeout)),
@@ -587,7 +605,7 @@ async fn hold_idle(
                     silence,
                 );
             }
-            Ok(f) => out.unsolicited.push(describe_frame(&f)),
+            Ok(f) => out.note_unsolicited(&f),
             Err(Ended::Timeout) => break (None, conn.last_frame.elapsed()),
             Err(e) => break (Some(e.words()), conn.last_frame.elapsed()),
         }
@@ -609,21 +627,27 @@ async fn hold_idle(
         silence_ms: crate::proto::event::millis(silence),
         how: Some(how.clone()),
     };
-    let failed = match idle_finding(silence, &[], "server side") {
-        Some(f) => {
-            let failed = Failed::new(format!("{}: {how}", f.message), f.hint.clone());
-            conn.findings.push(f);
-            failed
-        }
-        None => Failed::new(
-            format!("cut after {} of silence: {how}", human(silence)),
-            format!(
-                "Something between here and the server, or the server itself, ends connections idle for about {}: raise that idle/read timeout above your longest silence (nginx `proxy_read_timeout`, HAProxy `timeout tunnel`, a load balancer's idle timeout), or send pings more often than that.",
-                human(silence)
-            ),
-        ),
-    };
+    let (failed, finding) = idle_cut(silence, &how);
+    conn.findings.extend(finding);
     (outcome, Some(failed))
+}
+
+/// The idle layer's failure for a cut after `silence`: a known limit
+/// (60 s, 100 s, 3600 s) is named with its fix, as the proxy names it.
+fn idle_cut(silence: Duration, how: &str) -> (Failed, Option<Finding>) {
+    match idle_finding(silence, &[], "server side") {
+        Some(f) => (Failed::new(format!("{}: {how}", f.message), f.hint.clone()), Some(f)),
+        None => (
+            Failed::new(
+                format!("cut after {} of silence: {how}", human(silence)),
+                format!(
+                    "Something between here and the server, or the server itself, ends connections idle for about {}: raise that idle/read timeout above your longest silence (nginx `proxy_read_timeout`, HAProxy `timeout tunnel`, a load balancer's idle timeout), or send pings more often than that.",
+                    human(silence)
+                ),
+            ),
+            None,
+        ),
+    }
 }
 
 fn describe_idle(o: &IdleOutcome) -> String {
@@ -699,8 +723,14 @@ fn describe_ws(out: &WsOutcome, pings_answered: u32) -> String {
         }
     }
     if !out.unsolicited.is_empty() {
+        let more = out.unsolicited_total - out.unsolicited.len() as u64;
+        let more = if more > 0 {
+            format!(" and {more} more frames")
+        } else {
+            String::new()
+        };
         parts.push(format!(
-            "the server also sent {}",
+            "the server also sent {}{more}",
             out.unsolicited.join(", ")
         ));
     }
@@ -795,6 +825,27 @@ mod tests {
         // never panics on short or empty input
         let _ = not_http(&[], "x");
         let _ = not_http(&[0x16], "x");
+    }
+
+    #[test]
+    fn idle_cuts_at_known_limits_are_named() {
+        let (f, finding) = idle_cut(Duration::from_millis(60_300), "the server closed");
+        assert!(
+            f.detail.contains("matches nginx proxy_read_timeout"),
+            "{}",
+            f.detail
+        );
+        assert!(f.detail.ends_with(": the server closed"), "{}", f.detail);
+        assert!(f.hint.contains("proxy_read_timeout"));
+        assert_eq!(
+            finding.map(|f| f.code),
+            Some("idle-timeout-suspected".into())
+        );
+        let (f, _) = idle_cut(Duration::from_millis(100_200), "x");
+        assert!(f.detail.contains("Cloudflare"), "{}", f.detail);
+        let (f, finding) = idle_cut(Duration::from_millis(1_020), "x");
+        assert_eq!(f.detail, "cut after 1s 20ms of silence: x");
+        assert!(finding.is_none());
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::proto::event::{Finding, RequestView, ResponseView, Severity};
-use crate::proto::failure::{TlsFailure, UpstreamFailure};
+use crate::proto::event::{Finding, RequestView, ResponseView};
+use crate::proto::failure::{verification_disabled, TlsFailure, UpstreamFailure};
 use crate::proxy::upstream::{Connector, Endpoint, Scheme, TlsInfo, UpstreamUrl, UrlError};
 use crate::tls::client::{client_config_with_verifier, server_verifier, TrustOptions};
 use crate::tls::TlsError;
@@ -250,11 +250,14 @@ impl Failed {
     }
 }
 
+/// The proxy's hints name its own flag for trusting a CA; check's is --ca.
+fn for_check(hint: &str) -> String {
+    hint.replace("--upstream-ca FILE", "--ca FILE")
+}
+
 impl From<&UpstreamFailure> for Failed {
     fn from(f: &UpstreamFailure) -> Self {
-        // the proxy's hints name its own flags; check's flag is --ca
-        let hint = f.hint().replace("--upstream-ca FILE", "--ca FILE");
-        Failed::new(f.message(), hint)
+        Failed::new(f.message(), for_check(f.hint()))
     }
 }
 
@@ -427,7 +430,9 @@ pub async fn run(opts: &CheckOptions) -> Result<Report, CheckError> {
                 let mut detail = describe_tls(&summary);
                 if opts.trust.insecure {
                     detail.push_str("; NOT verified (--insecure)");
-                    walk.report.findings.push(insecure_finding());
+                    let mut f = verification_disabled(&addr.to_string());
+                    f.hint = for_check(&f.hint);
+                    walk.report.findings.push(f);
                 }
                 walk.report.tls = Some(summary);
                 walk.pass("tls", detail, started);
@@ -489,16 +494,6 @@ fn describe_tls(t: &TlsSummary) -> String {
         Some(c) => format!("{}, {alpn}; {}", t.version, c.describe()),
         None => format!("{}, {alpn}; the certificate could not be read", t.version),
     }
-}
-
-fn insecure_finding() -> Finding {
-    Finding::new(
-        "tls-verification-disabled",
-        Severity::Warning,
-        "--insecure: the server certificate was not verified",
-        "Anyone on the path could have answered. Trust the issuing CA with --ca FILE instead, and never rely on --insecure in production.",
-    )
-    .view("upstream")
 }
 
 #[cfg(test)]
@@ -618,6 +613,8 @@ mod tests {
         assert!(failed.hint.contains("--ca FILE"), "{}", failed.hint);
         assert!(!failed.hint.contains("--upstream-ca"), "{}", failed.hint);
         assert!(failed.detail.contains("not trusted"));
+        let insecure = for_check(&verification_disabled("a:1").hint);
+        assert!(insecure.contains("--ca FILE"), "{insecure}");
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+// parsed once at start-up and matched at once: the size of the largest
+// variant costs nothing, and boxing it would only obscure the clap derive
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy in front of an upstream.

@@ -348,7 +348,12 @@ pub(super) async fn walk_websocket(
         .cloned();
     walk.report.findings.extend(findings);
     if let Some(f) = first_error {
-        let detail = format!("{} {}: {}", res.status, res.reason, f.message);
+        // the status leads the line already
+        let what = f
+            .message
+            .strip_prefix("the upgrade was not accepted: ")
+            .unwrap_or(&f.message);
+        let detail = format!("{} {}: {what}", res.status, res.reason);
         walk.fail("http-upgrade", Failed::new(detail, f.hint), started);
         return;
     }
@@ -632,6 +637,11 @@ async fn hold_idle(
     (outcome, Some(failed))
 }
 
+/// A silence in seconds to a tenth: timers are not more precise than that.
+fn tenths(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
 /// The idle layer's failure for a cut after `silence`: a known limit
 /// (60 s, 100 s, 3600 s) is named with its fix, as the proxy names it.
 fn idle_cut(silence: Duration, how: &str) -> (Failed, Option<Finding>) {
@@ -639,10 +649,10 @@ fn idle_cut(silence: Duration, how: &str) -> (Failed, Option<Finding>) {
         Some(f) => (Failed::new(format!("{}: {how}", f.message), f.hint.clone()), Some(f)),
         None => (
             Failed::new(
-                format!("cut after {} of silence: {how}", human(silence)),
+                format!("cut after {} of silence: {how}", tenths(silence)),
                 format!(
                     "Something between here and the server, or the server itself, ends connections idle for about {}: raise that idle/read timeout above your longest silence (nginx `proxy_read_timeout`, HAProxy `timeout tunnel`, a load balancer's idle timeout), or send pings more often than that.",
-                    human(silence)
+                    tenths(silence)
                 ),
             ),
             None,
@@ -844,7 +854,8 @@ mod tests {
         let (f, _) = idle_cut(Duration::from_millis(100_200), "x");
         assert!(f.detail.contains("Cloudflare"), "{}", f.detail);
         let (f, finding) = idle_cut(Duration::from_millis(1_020), "x");
-        assert_eq!(f.detail, "cut after 1s 20ms of silence: x");
+        assert_eq!(f.detail, "cut after 1.0s of silence: x");
+        assert!(f.hint.contains("idle for about 1.0s"), "{}", f.hint);
         assert!(finding.is_none());
     }
 

@@ -276,6 +276,8 @@ async fn a_page_server_fails_the_upgrade_and_200_and_404_are_explained() {
     assert!(out.contains("page handler"), "{out}");
     assert!(out.contains("hint: Wrong path"), "{out}");
     assert!(out.contains("- websocket"), "{out}");
+    // the failing finding is the failed line; it is not listed again
+    assert!(!out.contains("findings:"), "{out}");
 
     let r = check_json(&[&page], 1).await;
     assert_eq!(r["failed"], "http-upgrade");

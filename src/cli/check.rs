@@ -110,17 +110,16 @@ pub fn render(r: &Report) -> String {
             s.push_str(&format!("    {:width$}  hint: {h}\n", ""));
         }
     }
-    // the failing finding is already the failed layer's line
-    let failed_detail = r
+    // the failing finding is already the failed layer's line (same hint)
+    let failed_hint = r
         .layers
         .iter()
         .find(|l| l.status == Status::Fail)
-        .map(|l| l.detail.as_str())
-        .unwrap_or("");
+        .and_then(|l| l.hint.as_deref());
     let others: Vec<_> = r
         .findings
         .iter()
-        .filter(|f| !failed_detail.contains(&f.message))
+        .filter(|f| failed_hint != Some(f.hint.as_str()))
         .collect();
     if !others.is_empty() {
         s.push_str("findings:\n");

@@ -2,8 +2,10 @@
 //! echo server, a closed port, plain HTTP servers (200 page, 404), TLS
 //! servers with rcgen-made certificates (untrusted, trusted via --ca,
 //! --insecure, wrong name, expired, plain ws vs wss), scripted servers
-//! (bad accept key, no pong) and idle cuts. Exit codes and the `--json`
-//! report are checked field by field.
+//! (bad accept key, no pong, a greeting, a close at once) and idle cuts,
+//! one by a real nginx's `proxy_read_timeout` (skipped with a notice
+//! without nginx, failed under WSTAP_E2E=require). Exit codes and the
+//! `--json` report are checked field by field.
 
 mod common;
 
@@ -578,6 +580,42 @@ async fn an_idle_cut_after_one_second_is_reported_with_its_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_cut_by_a_real_nginx_read_timeout_is_reported() {
+    // check -> nginx (standard WebSocket location, proxy_read_timeout 1s) -> echo
+    let echo = echo_server(EchoOptions::default()).await;
+    let Some(nginx) = common::nginx::Nginx::start(&common::nginx::websocket_config(
+        echo,
+        "proxy_read_timeout 1s;",
+    ))
+    .await
+    else {
+        return;
+    };
+    let r = check_json(
+        &[
+            &format!("ws://{}/echo", nginx.addr),
+            "--idle",
+            "3s",
+            "--send",
+            "x",
+        ],
+        1,
+    )
+    .await;
+    assert_eq!(r["failed"], "idle", "{r:#}");
+    assert_eq!(layer(&r, "websocket")["ok"], true);
+    assert_eq!(r["websocket"]["reply"], "x");
+    let silence = r["idle"]["silence_ms"].as_f64().unwrap();
+    assert!((900.0..2500.0).contains(&silence), "cut after {silence} ms");
+    // nginx ends the tunnel with no close frame
+    assert!(
+        detail(&r, "idle").contains("without a close frame"),
+        "{}",
+        detail(&r, "idle")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_stays_open_passes_the_idle_hold() {
     let up = idle_cutting_echo(Duration::from_secs(30)).await;
     let r = check_json(&[&format!("ws://{up}/"), "--idle", "2s"], 0).await;
@@ -607,6 +645,8 @@ async fn usage_errors_exit_2() {
     assert!(err.contains("/nonexistent/ca.pem"), "{err}");
     let (_, err) = check(&["ws://127.0.0.1:1/", "--timeout", "soon"], 2).await;
     assert!(err.contains("--timeout"), "{err}");
+    let (_, err) = check(&["ws://127.0.0.1:1/", "--timeout", "0s"], 2).await;
+    assert!(err.contains("more than zero"), "{err}");
     check(&[], 2).await;
 }
 

@@ -286,6 +286,7 @@ fn ms(since: Instant) -> f64 {
 
 impl Walk {
     fn pass(&mut self, name: &'static str, detail: String, started: Instant) {
+        tracing::debug!(layer = name, %detail, "check passed");
         self.report.layers.push(Layer {
             name,
             ok: true,

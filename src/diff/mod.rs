@@ -41,11 +41,12 @@ pub struct Log {
 /// events other than handshakes are passed over, known or not.
 pub fn read_log(r: impl BufRead) -> std::io::Result<Log> {
     let mut log = Log::default();
-    for line in r.lines() {
+    for (n, line) in r.lines().enumerate() {
         let line = match line {
             Ok(l) => l,
             // a line that is not UTF-8 is a damaged line, not a damaged file
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                tracing::debug!(line = n + 1, "skipped: not UTF-8");
                 log.unparsable += 1;
                 continue;
             }
@@ -54,14 +55,19 @@ pub fn read_log(r: impl BufRead) -> std::io::Result<Log> {
         if line.trim().is_empty() {
             continue;
         }
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
-            log.unparsable += 1;
-            continue;
+        let value = match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(line = n + 1, error = %e, "skipped: not JSON");
+                log.unparsable += 1;
+                continue;
+            }
         };
         match value.get("event").and_then(|e| e.as_str()) {
             Some("handshake") => {}
             Some(_) => continue,
             None => {
+                tracing::debug!(line = n + 1, "skipped: JSON without an event name");
                 log.unparsable += 1;
                 continue;
             }
@@ -75,7 +81,11 @@ pub fn read_log(r: impl BufRead) -> std::io::Result<Log> {
                 conn: conn.map(|c| c.0),
                 handshake: *h,
             }),
-            _ => log.unparsable += 1,
+            Ok(_) => log.unparsable += 1,
+            Err(e) => {
+                tracing::debug!(line = n + 1, error = %e, "skipped: not a readable handshake");
+                log.unparsable += 1;
+            }
         }
     }
     Ok(log)

@@ -762,3 +762,88 @@ async fn a_server_that_closes_at_once_fails_the_websocket_layer() {
         "the server closed with 1008 (Policy Violation) \"login first\" instead of answering the ping"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_explained_with_its_location() {
+    let up = scripted_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        send(
+            &mut s,
+            b"HTTP/1.1 301 Moved Permanently\r\nLocation: wss://ws.example.test/socket\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await;
+    })
+    .await;
+    let r = check_json(&[&format!("ws://{up}/socket")], 1).await;
+    assert_eq!(r["failed"], "http-upgrade");
+    assert_eq!(
+        detail(&r, "http-upgrade"),
+        "301 Moved Permanently: the server redirected the upgrade (301) (Location: wss://ws.example.test/socket)"
+    );
+    assert!(hint(&r, "http-upgrade").contains("do not follow redirects"));
+}
+
+/// A raw WebSocket server that answers pings and ignores close frames.
+async fn never_closing_server() -> SocketAddr {
+    use wstap::proto::frame::{apply_mask, encode_frame, parse_header, Opcode, Parsed};
+    scripted_upstream(|mut s| async move {
+        let head = String::from_utf8_lossy(&read_head(&mut s).await).into_owned();
+        let key = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .unwrap_or_default()
+            .to_string();
+        let res = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            wstap::proto::handshake::accept_key(&key)
+        );
+        send(&mut s, res.as_bytes()).await;
+        let mut buf = Vec::new();
+        loop {
+            let mut chunk = [0u8; 1024];
+            let n = match tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut s, &mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => return,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            while let Parsed::Done(h, used) = parse_header(&buf) {
+                let end = used + h.len as usize;
+                if buf.len() < end {
+                    break;
+                }
+                let mut payload = buf[used..end].to_vec();
+                if let Some(m) = h.mask {
+                    apply_mask(&mut payload, m, 0);
+                }
+                buf.drain(..end);
+                if h.opcode == Opcode::Ping {
+                    let mut pong = Vec::new();
+                    encode_frame(&mut pong, true, false, Opcode::Pong, None, &payload);
+                    send(&mut s, &pong).await;
+                }
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_close_fails_the_websocket_layer_even_after_the_idle_hold() {
+    let up = never_closing_server().await;
+    let url = format!("ws://{up}/");
+    let r = check_json(&[&url, "--timeout", "1s"], 1).await;
+    assert_eq!(r["failed"], "websocket");
+    assert_eq!(
+        detail(&r, "websocket"),
+        "the server did not answer the close frame within 1s"
+    );
+    assert!(hint(&r, "websocket").contains("§5.5.1"));
+    // the hold runs before the close: it passed, and is reported so
+    let r = check_json(&[&url, "--timeout", "1s", "--idle", "1s"], 1).await;
+    assert_eq!(r["failed"], "websocket");
+    assert_eq!(
+        statuses(&r),
+        ["pass", "pass", "not-applicable", "pass", "fail", "pass"]
+    );
+    assert_eq!(r["idle"]["cut"], false);
+}

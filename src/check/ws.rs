@@ -19,7 +19,8 @@ use crate::proto::failure::UpstreamFailure;
 use crate::proto::frame::Opcode;
 use crate::proto::handshake::{accept_key, Negotiated};
 use crate::proto::http::{
-    parse_response_head, response_body, BodyKind, Header, RequestHead, ResponseHead, Version,
+    parse_response_head, response_body, BodyKind, Header, Headers, RequestHead, ResponseHead,
+    Version,
 };
 use crate::proto::inject;
 use crate::proto::preview;
@@ -353,7 +354,10 @@ pub(super) async fn walk_websocket(
             .message
             .strip_prefix("the upgrade was not accepted: ")
             .unwrap_or(&f.message);
-        let detail = format!("{} {}: {what}", res.status, res.reason);
+        let mut detail = format!("{} {}: {what}", res.status, res.reason);
+        if let (300..=399, Some(to)) = (res.status, res.header("Location")) {
+            detail.push_str(&format!(" (Location: {to})"));
+        }
         walk.fail("http-upgrade", Failed::new(detail, f.hint), started);
         return;
     }

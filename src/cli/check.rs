@@ -81,8 +81,10 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let report = check::run(&opts).await?;
     let mut out = std::io::stdout().lock();
     if json {
-        serde_json::to_writer_pretty(&mut out, &report).context("writing the report")?;
-        writeln!(out)?;
+        // serialized first, so a closed stdout is an io::Error (a clean
+        // exit for `| head`), not a serde error
+        let text = serde_json::to_string_pretty(&report).context("serializing the report")?;
+        writeln!(out, "{text}")?;
     } else {
         out.write_all(render(&report).as_bytes())?;
     }

@@ -44,8 +44,10 @@ pub async fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
     }
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &d).context("writing the report")?;
-        writeln!(out)?;
+        // serialized first, so a closed stdout is an io::Error (a clean
+        // exit for `| head`), not a serde error
+        let text = serde_json::to_string_pretty(&d).context("serializing the report")?;
+        writeln!(out, "{text}")?;
     } else {
         let title = format!(
             "wstap diff {} {}",

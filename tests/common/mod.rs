@@ -78,6 +78,13 @@ impl TestProxy {
         let (tx, rx) = bus::channel(bus::DEFAULT_CAPACITY, false);
         let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(CollectSink(events.clone()))];
         sinks.extend(extra);
+        // WSTAP_TEST_LOG=1 shows the human log of in-process proxies (with --nocapture)
+        if std::env::var_os("WSTAP_TEST_LOG").is_some() {
+            sinks.push(Box::new(wstap::sink::terminal::TerminalSink::new(
+                Box::new(std::io::stderr()),
+                false,
+            )));
+        }
         let dispatcher = spawn_dispatcher(rx, sinks).unwrap();
         let proxy = Proxy::bind(cfg, client_config(&trust).unwrap(), tx)
             .await

@@ -184,9 +184,13 @@ pub enum ClientTlsFailure {
     ClosedBeforeHello,
     /// The client's first bytes were not TLS.
     NotTls { detail: String },
-    /// The client rejected wstap's certificate: a certificate alert, or a
-    /// hang-up right after it received the certificate.
+    /// The client rejected wstap's certificate with a certificate alert.
     Refused { detail: String },
+    /// The client hung up during the handshake without an alert. Clients
+    /// that reject a certificate say so with an alert (Chromium sends
+    /// certificate_unknown); a silent hang-up is how browsers drop the
+    /// spare connections they opened in parallel, so it is no refusal.
+    ClosedDuringHandshake { detail: String },
     /// No complete handshake within the limit.
     Timeout { after: Duration },
     /// wstap could not make a certificate for the requested name.
@@ -208,6 +212,11 @@ impl ClientTlsFailure {
             ClientTlsFailure::Refused { detail } => {
                 format!("the client refused wstap's certificate: {detail}")
             }
+            ClientTlsFailure::ClosedDuringHandshake { detail } => format!(
+                "the client closed the connection during the TLS handshake, without an alert \
+                 (browsers drop spare connections so; a client refusing the certificate \
+                 would have sent an alert): {detail}"
+            ),
             ClientTlsFailure::Timeout { after } => format!(
                 "the client did not complete the TLS handshake within {}",
                 humantime::format_duration(*after)
@@ -224,6 +233,15 @@ impl ClientTlsFailure {
     /// Whether the client saw the certificate and said no.
     pub fn is_refused(&self) -> bool {
         matches!(self, ClientTlsFailure::Refused { .. })
+    }
+
+    /// Whether the client just went away (a pre-connect, a spare
+    /// connection, a port probe): a close, not an error.
+    pub fn is_client_gone(&self) -> bool {
+        matches!(
+            self,
+            ClientTlsFailure::ClosedBeforeHello | ClientTlsFailure::ClosedDuringHandshake { .. }
+        )
     }
 
     /// `client-tls-failed` for a refused certificate; `trust_hint` says how

@@ -214,12 +214,12 @@ fn classify_after_hello(e: &io::Error) -> ClientTlsFailure {
         };
     }
     if is_hang_up(e) {
-        // Browsers (Chromium among them) reject a certificate by closing
-        // the connection, without an alert.
-        return ClientTlsFailure::Refused {
-            detail: format!(
-                "it closed the connection during the handshake, after receiving the certificate ({e})"
-            ),
+        // No alert: not a refusal. Chromium refuses with certificate_unknown
+        // and drops spare connections mid-handshake without one (seen with
+        // Chromium 156: a hang-up on one connection while the page loaded
+        // over its siblings with the same certificate).
+        return ClientTlsFailure::ClosedDuringHandshake {
+            detail: e.to_string(),
         };
     }
     ClientTlsFailure::Other {
@@ -434,7 +434,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_name_mismatch_and_a_hang_up_are_refusals_too() {
+    async fn a_name_mismatch_is_a_refusal_and_a_hang_up_is_not() {
         let tmp = TempDir::new("icpt-name");
         let icpt = interceptor(&tmp);
         let trusting = client(Some(icpt.minter().ca().cert_der()));
@@ -448,7 +448,8 @@ mod tests {
             "{f:?}"
         );
 
-        // A client that hangs up after the ClientHello, as browsers do.
+        // A client that hangs up after the ClientHello without an alert,
+        // as browsers do with spare connections.
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let icpt2 = icpt.clone();
@@ -480,7 +481,11 @@ mod tests {
             .unwrap()
             .err()
             .unwrap();
-        assert!(f.is_refused(), "{f:?}");
+        assert!(
+            matches!(f, ClientTlsFailure::ClosedDuringHandshake { .. }),
+            "{f:?}"
+        );
+        assert!(f.is_client_gone() && f.finding("h").is_none(), "{f:?}");
     }
 
     #[tokio::test]

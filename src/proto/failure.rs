@@ -184,12 +184,11 @@ pub enum ClientTlsFailure {
     ClosedBeforeHello,
     /// The client's first bytes were not TLS.
     NotTls { detail: String },
-    /// The client rejected wstap's certificate with a certificate alert.
+    /// The client rejected wstap's certificate: a certificate alert, or an
+    /// orderly close right after it received the certificate.
     Refused { detail: String },
-    /// The client hung up during the handshake without an alert. Clients
-    /// that reject a certificate say so with an alert (Chromium sends
-    /// certificate_unknown); a silent hang-up is how browsers drop the
-    /// spare connections they opened in parallel, so it is no refusal.
+    /// The client's connection was reset during the handshake, before it
+    /// read wstap's certificate: a browser dropping a spare connection.
     ClosedDuringHandshake { detail: String },
     /// No complete handshake within the limit.
     Timeout { after: Duration },
@@ -213,9 +212,8 @@ impl ClientTlsFailure {
                 format!("the client refused wstap's certificate: {detail}")
             }
             ClientTlsFailure::ClosedDuringHandshake { detail } => format!(
-                "the client closed the connection during the TLS handshake, without an alert \
-                 (browsers drop spare connections so; a client refusing the certificate \
-                 would have sent an alert): {detail}"
+                "the client dropped the connection during the TLS handshake before reading \
+                 wstap's certificate (browsers drop spare connections so): {detail}"
             ),
             ClientTlsFailure::Timeout { after } => format!(
                 "the client did not complete the TLS handshake within {}",

@@ -218,14 +218,17 @@ fn classify_after_hello(e: &io::Error) -> ClientTlsFailure {
         // An orderly close after our flight: the client may well have read
         // the certificate and left. Node 20 and Python's asyncio (websockets
         // 17) refuse an untrusted certificate exactly so, without an alert;
-        // Chromium, curl and Python's blocking ssl send one. A spare
-        // connection closed before our flight went out looks the same: the
-        // one case left ambiguous, reported as the commoner refusal.
+        // Chromium, curl and Python's blocking ssl send one. A connection
+        // dropped before the client read our flight looks the same (Chromium
+        // aborts handshakes in flight when it flushes its connections once at
+        // start-up): the case left ambiguous, reported as the refusal.
         K::UnexpectedEof => {
             return ClientTlsFailure::Refused {
                 detail: format!(
-                    "it closed the connection during the handshake, after receiving the \
-                     certificate, without an alert (Node and Python's asyncio refuse so) ({e})"
+                    "it closed the connection during the handshake, after wstap sent the \
+                     certificate, without an alert (Node and Python's asyncio refuse so; \
+                     Chromium also drops a handshake so when it flushes its connections \
+                     at start-up: if the page then loads, ignore this) ({e})"
                 ),
             }
         }

@@ -29,6 +29,9 @@ use wstap::tls::server::Interceptor;
 /// browser starting on a busy two-core machine takes seconds, not minutes.
 const PAGE: Duration = Duration::from_secs(90);
 
+/// How long Chromium gets to start before it opens the page.
+const SETTLE: Duration = Duration::from_secs(2);
+
 /// The two WebSockets the page opens: permessage-deflate with context
 /// takeover both ways (what most servers agree to), and with the server
 /// resetting its context per message.
@@ -224,7 +227,16 @@ async fn chromium_through_forward_mode_with_permessage_deflate() {
         proxy: Some(format!("http://{}", gate.addr)),
         trust_spki: vec![spki],
         extra: Vec::new(),
-        url: format!("https://127.0.0.1:{}/", server.addr.port()),
+        // Chromium flushes its connections once while starting (its net
+        // log shows the first handshake aborted, ERR_ABORTED, a few hundred
+        // ms in) and drops a handshake in flight without an alert, which
+        // wstap cannot tell from a client refusing the certificate
+        // silently. So the page is opened after start-up, from a blank one.
+        url: format!(
+            "data:text/html,<script>setTimeout(()=>location='https://127.0.0.1:{}/',{})</script>",
+            server.addr.port(),
+            SETTLE.as_millis()
+        ),
     }) else {
         return;
     };

@@ -23,8 +23,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-// parsed once at start-up and matched at once: the size of the largest
-// variant costs nothing, and boxing it would only obscure the clap derive
+// One value, parsed once at start-up: boxing the big variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {

@@ -184,9 +184,12 @@ pub enum ClientTlsFailure {
     ClosedBeforeHello,
     /// The client's first bytes were not TLS.
     NotTls { detail: String },
-    /// The client rejected wstap's certificate: a certificate alert, or a
-    /// hang-up right after it received the certificate.
+    /// The client rejected wstap's certificate: a certificate alert, or an
+    /// orderly close right after it received the certificate.
     Refused { detail: String },
+    /// The client's connection was reset during the handshake, before it
+    /// read wstap's certificate: a browser dropping a spare connection.
+    ClosedDuringHandshake { detail: String },
     /// No complete handshake within the limit.
     Timeout { after: Duration },
     /// wstap could not make a certificate for the requested name.
@@ -208,6 +211,10 @@ impl ClientTlsFailure {
             ClientTlsFailure::Refused { detail } => {
                 format!("the client refused wstap's certificate: {detail}")
             }
+            ClientTlsFailure::ClosedDuringHandshake { detail } => format!(
+                "the client dropped the connection during the TLS handshake before reading \
+                 wstap's certificate (browsers drop spare connections so): {detail}"
+            ),
             ClientTlsFailure::Timeout { after } => format!(
                 "the client did not complete the TLS handshake within {}",
                 humantime::format_duration(*after)
@@ -224,6 +231,15 @@ impl ClientTlsFailure {
     /// Whether the client saw the certificate and said no.
     pub fn is_refused(&self) -> bool {
         matches!(self, ClientTlsFailure::Refused { .. })
+    }
+
+    /// Whether the client just went away (a pre-connect, a spare
+    /// connection, a port probe): a close, not an error.
+    pub fn is_client_gone(&self) -> bool {
+        matches!(
+            self,
+            ClientTlsFailure::ClosedBeforeHello | ClientTlsFailure::ClosedDuringHandshake { .. }
+        )
     }
 
     /// `client-tls-failed` for a refused certificate; `trust_hint` says how

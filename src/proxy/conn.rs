@@ -128,9 +128,9 @@ pub async fn client_tls_failed(
 ) {
     let now = SystemTime::now();
     let mut events = Vec::new();
-    let reason = if *f == ClientTlsFailure::ClosedBeforeHello {
-        // A pre-connect or a probe: not an error, like a plain connection
-        // closed before its request.
+    let reason = if f.is_client_gone() {
+        // A pre-connect, a spare connection or a probe: not an error, like
+        // a plain connection closed before its request.
         "client-closed"
     } else {
         events.push(Event::conn(

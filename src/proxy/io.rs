@@ -104,7 +104,16 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
                 }
             }
             let before = self.buffered().len();
-            if self.fill().await? == 0 {
+            let n = match self.fill().await {
+                Ok(n) => n,
+                // A TLS peer that ends without close_notify: browsers do so
+                // when they drop an idle keep-alive connection. Between
+                // messages that is as clean as a TCP FIN (no message was
+                // cut short); inside a head it is a truncation, as a FIN is.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+                Err(e) => return Err(e.into()),
+            };
+            if n == 0 {
                 return if before == 0 {
                     Ok(None)
                 } else {
@@ -229,6 +238,42 @@ mod tests {
         let mut r = Inbound::new(&b""[..]);
         assert!(r.read_head(parse_request_head).await.unwrap().is_none());
         let mut r = Inbound::new(&b"GET / HT"[..]);
+        assert!(matches!(
+            r.read_head(parse_request_head).await,
+            Err(ReadHeadError::Truncated(8))
+        ));
+    }
+
+    /// Ends like rustls does when the peer closes without close_notify.
+    struct NoCloseNotify(&'static [u8]);
+
+    impl AsyncRead for NoCloseNotify {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            if self.0.is_empty() {
+                return std::task::Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed connection without sending TLS close_notify",
+                )));
+            }
+            let n = self.0.len().min(buf.remaining());
+            buf.put_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn tls_end_without_close_notify_is_a_close() {
+        let mut r = Inbound::new(NoCloseNotify(b"GET / HTTP/1.1\r\n\r\n"));
+        assert!(r.read_head(parse_request_head).await.unwrap().is_some());
+        // between requests: the connection simply ended
+        assert!(r.read_head(parse_request_head).await.unwrap().is_none());
+        // inside a head: cut short, as with a FIN
+        let mut r = Inbound::new(NoCloseNotify(b"GET / HT"));
         assert!(matches!(
             r.read_head(parse_request_head).await,
             Err(ReadHeadError::Truncated(8))

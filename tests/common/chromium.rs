@@ -49,7 +49,7 @@ impl Chromium {
             "--disable-component-update",
             "--disable-sync",
             "--disable-quic",
-            "--disable-features=Translate,MediaRouter,OptimizationHints",
+            "--disable-features=Translate,MediaRouter,OptimizationHints,NetworkTimeServiceQuerying",
             "--metrics-recording-only",
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()));
@@ -95,4 +95,70 @@ impl Drop for Chromium {
             let _ = c.wait();
         }
     }
+}
+
+/// A proxy hop for browser tests, between Chromium and wstap: it passes
+/// `CONNECT` to loopback addresses on, byte for byte, and answers anything
+/// else with 403 itself. Chromium sends some requests no flag turns off
+/// (the sign-in account list to accounts.google.com, on-demand component
+/// updates); through wstap alone they would make wstap look up and connect
+/// to outside hosts. Point Chromium's `--proxy-server` here.
+pub struct LoopbackGate {
+    pub addr: std::net::SocketAddr,
+    /// The request lines it refused.
+    pub refused: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// Starts a gate in front of the proxy at `proxy`.
+pub async fn loopback_gate(proxy: std::net::SocketAddr) -> LoopbackGate {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let refused = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = refused.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = l.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                // the head, and whatever came with it (a ClientHello sent early)
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    let read = tokio::time::timeout(super::STEP, client.read(&mut chunk)).await;
+                    match read {
+                        Ok(Ok(n)) if n > 0 => head.extend_from_slice(&chunk[..n]),
+                        _ => return,
+                    }
+                }
+                let line = String::from_utf8_lossy(&head)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                let mut parts = line.split_whitespace();
+                let loopback = match (parts.next(), parts.next()) {
+                    (Some("CONNECT"), Some(target)) => target
+                        .parse::<std::net::SocketAddr>()
+                        .is_ok_and(|a| a.ip().is_loopback()),
+                    _ => false,
+                };
+                if !loopback {
+                    log.lock().unwrap().push(line);
+                    let _ = client
+                        .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(proxy).await else {
+                    return;
+                };
+                let _ = upstream.set_nodelay(true);
+                let _ = client.set_nodelay(true);
+                if upstream.write_all(&head).await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+        }
+    });
+    LoopbackGate { addr, refused }
 }

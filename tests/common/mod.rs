@@ -438,6 +438,7 @@ pub fn closed_port() -> (tokio::net::TcpSocket, u16) {
 }
 
 pub mod chromium;
+pub mod deflate_echo;
 pub mod nginx;
 
 /// An echo upstream that accepts any request carrying `Sec-WebSocket-Key`

@@ -15,7 +15,7 @@
 //!                                     ──> bus (bounded) ──> sinks (terminal, ndjson)
 //! ```
 //!
-//! Layers, arrows pointing one way (`cli -> {proxy, sink, tls} -> bus -> proto`):
+//! Layers, arrows pointing one way (`cli -> {check, diff, proxy, sink, tls} -> bus -> proto`):
 //!
 //! - [`proto`]: pure protocol code (no I/O, no clock): events, frames, the
 //!   incremental decoder, HTTP heads, handshake analysis, session summaries.
@@ -23,7 +23,12 @@
 //!   forwarding, the relay. It sends events; it never calls a sink.
 //! - [`bus`]: the bounded channel between them.
 //! - [`sink`]: outputs of the event stream, on their own thread.
-//! - [`tls`]: rustls configuration.
+//! - [`tls`]: rustls configuration for both sides, the local CA and the
+//!   per-host leaf certificates it signs.
+//! - [`check`]: `wstap check URL`, the layers walked one at a time with the
+//!   proxy's connector and the same analysis.
+//! - [`diff`]: `wstap diff`, two taps' NDJSON logs paired by key and the
+//!   hop's changes judged by the same analysis.
 //! - [`cli`]: argument parsing, validation into configs, wiring.
 //!
 //! Non-goals: HTTP/2 and HTTP/3 (WebSockets over h2, RFC 8441, are rare in
@@ -34,8 +39,10 @@
 #![forbid(unsafe_code)]
 
 pub mod bus;
+pub mod check;
 pub mod cli;
 pub mod demo;
+pub mod diff;
 pub mod proto;
 pub mod proxy;
 pub mod sink;

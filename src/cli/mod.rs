@@ -2,12 +2,15 @@
 //! configs (addresses parsed, files opened), and `run` steps wire the
 //! pieces. The only module that knows every other one; `anyhow` lives here.
 
+mod ca;
+mod check;
 mod demo;
+mod diff;
 mod proxy;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -20,17 +23,31 @@ pub struct Cli {
     pub command: Command,
 }
 
+// One value, parsed once at start-up: boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy in front of an upstream.
     Proxy(proxy::ProxyArgs),
     /// See wstap work: an echo upstream, the proxy and a scripted client.
     Demo(demo::DemoArgs),
+    /// The local CA for intercepting TLS: create it, find it.
+    Ca(ca::CaArgs),
+    /// Check a WebSocket URL layer by layer (dns, tcp, tls, http-upgrade,
+    /// websocket), stopping at the first that fails.
+    Check(check::CheckArgs),
+    /// Pair the handshakes of two taps around a hop (by Sec-WebSocket-Key)
+    /// and show what the hop removed, added or changed.
+    Diff(diff::DiffArgs),
 }
 
 /// Exit codes: 0 ok, 1 a check or diff found a problem, 2 usage or runtime error.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     init_tracing();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -44,8 +61,11 @@ pub fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Proxy(args) => proxy::run(args).await,
+            Command::Proxy(args) => proxy::run(args, matches.subcommand_matches("proxy")).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Ca(args) => ca::run(args),
+            Command::Check(args) => check::run(args).await,
+            Command::Diff(args) => diff::run(args).await,
         }
     });
     match result {

@@ -4,19 +4,27 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::Args;
+use clap::{ArgMatches, Args};
+
+use crate::proto::rewrite::{parse_rules_toml, Op, Rule, RuleError, Rules, Scope};
+use crate::proto::simulate::{Hop, IdleRule};
 
 use crate::bus;
 use crate::proxy::upstream::UpstreamUrl;
-use crate::proxy::{Proxy, ProxyConfig};
+use crate::proxy::{ForwardOptions, Mode, Proxy, ProxyConfig};
 use crate::sink::har::{self, HarOptions, HarSink};
 use crate::sink::ndjson::NdjsonSink;
 use crate::sink::terminal::TerminalSink;
 use crate::sink::{spawn_dispatcher_with, DispatchOptions, Sink};
+use crate::tls::ca::{default_dir, LocalCa, Origin};
 use crate::tls::client::{client_config, TrustOptions};
+use crate::tls::leaf::LeafMinter;
+use crate::tls::server::Interceptor;
+use crate::tls::server::ListenerTls;
 
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
@@ -38,8 +46,25 @@ pub struct ProxyArgs {
     pub allow: Vec<ipnet::IpNet>,
     // --- end hardening ---
     /// The real server: ws://, wss://, http:// or https:// host:port, optional path prefix.
-    #[arg(long, value_name = "URL")]
-    pub upstream: String,
+    #[arg(
+        long,
+        value_name = "URL",
+        required_unless_present = "forward",
+        conflicts_with = "forward"
+    )]
+    pub upstream: Option<String>,
+    /// Run as an HTTP proxy instead: absolute-form requests are forwarded and
+    /// CONNECT tunnels are intercepted with the local CA (see `wstap ca`).
+    #[arg(long)]
+    pub forward: bool,
+    /// Where the interception CA lives (forward mode); created if absent.
+    /// Default: $XDG_DATA_HOME/wstap (or ~/.local/share/wstap).
+    #[arg(long, value_name = "DIR", requires = "forward")]
+    pub ca_dir: Option<PathBuf>,
+    /// Tunnel CONNECTs to these hosts untouched, without interception
+    /// (repeatable; globs like *.example.com).
+    #[arg(long, value_name = "HOST", requires = "forward")]
+    pub no_intercept: Vec<String>,
     /// Write the event stream as NDJSON to FILE (`-` for stdout).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -70,6 +95,36 @@ pub struct ProxyArgs {
     /// length before a drop are named, besides the well-known 60 s, 100 s, 3600 s.
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub expect_idle_timeout: Vec<Duration>,
+    /// Replace a request header before it goes upstream: 'Name: value'
+    /// (repeatable; rules apply in command-line order). Values may use
+    /// {header:NAME} (the incoming value), {host} and {upstream}; an empty
+    /// value removes the header.
+    #[arg(long, value_name = "'NAME: VALUE'")]
+    pub set_request_header: Vec<String>,
+    /// Remove a request header before it goes upstream (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub remove_request_header: Vec<String>,
+    /// Replace a response header before it goes to the client (repeatable).
+    #[arg(long, value_name = "'NAME: VALUE'")]
+    pub set_response_header: Vec<String>,
+    /// Remove a response header before it goes to the client (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub remove_response_header: Vec<String>,
+    /// Send requests upstream as HTTP/1.0 or HTTP/1.1.
+    #[arg(long, value_name = "1.0|1.1")]
+    pub upstream_http_version: Vec<String>,
+    /// A TOML file of rewrite rules, optionally scoped by path prefix and
+    /// host (see examples/rules.toml); refused at start-up if any rule is bad.
+    #[arg(long, value_name = "FILE")]
+    pub rules: Vec<PathBuf>,
+    /// Behave like a misconfigured hop, to reproduce a failure locally:
+    /// nginx-default (plain proxy_pass), alb (60 s idle cut), cloudflare (100 s).
+    #[arg(long, value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(Hop::NAMES))]
+    pub simulate: Option<String>,
+    /// Cut a WebSocket after this long without traffic either way, as a
+    /// load balancer does (no close frame: the client sees 1006).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub idle_timeout: Option<Duration>,
     /// Close a connection with 1002 on a protocol violation instead of
     /// reporting it and relaying on.
     #[arg(long)]
@@ -77,6 +132,18 @@ pub struct ProxyArgs {
     /// How long open connections get to finish at shutdown.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub grace: Duration,
+    /// Serve TLS (wss://, https://) on the listener with this certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key for --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Trust the CA certificates in FILE (PEM) for wss:// and https:// upstreams, besides the web PKI roots (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub upstream_ca: Vec<PathBuf>,
+    /// Do not verify upstream certificates (for debugging only; each connection gets a tls-verification-disabled finding).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// Turns `--listen` into one address (names like `localhost:9000` resolve).
@@ -106,9 +173,91 @@ pub struct Outputs {
     pub show_secrets: bool,
 }
 
-pub fn validate(args: ProxyArgs) -> anyhow::Result<ProxyRun> {
+/// The rewrite flags and rules files, in the order they were given.
+fn ordered_rules(args: &ProxyArgs, matches: Option<&ArgMatches>) -> anyhow::Result<Rules> {
+    type Make = fn(&str) -> Result<Op, RuleError>;
+    let flags: [(&str, &[String], Make); 5] = [
+        (
+            "set_request_header",
+            &args.set_request_header,
+            Op::set_request,
+        ),
+        (
+            "remove_request_header",
+            &args.remove_request_header,
+            Op::remove_request,
+        ),
+        (
+            "set_response_header",
+            &args.set_response_header,
+            Op::set_response,
+        ),
+        (
+            "remove_response_header",
+            &args.remove_response_header,
+            Op::remove_response,
+        ),
+        (
+            "upstream_http_version",
+            &args.upstream_http_version,
+            Op::version,
+        ),
+    ];
+    let position = |id: &str, i: usize| -> usize {
+        matches
+            .and_then(|m| m.indices_of(id))
+            .and_then(|mut ix| ix.nth(i))
+            .unwrap_or(usize::MAX)
+    };
+    let mut items: Vec<(usize, Vec<Rule>)> = Vec::new();
+    for (id, values, make) in flags {
+        let flag = format!("--{}", id.replace('_', "-"));
+        for (i, v) in values.iter().enumerate() {
+            let op = make(v).with_context(|| format!("{flag} {v:?}"))?;
+            items.push((
+                position(id, i),
+                vec![Rule {
+                    op,
+                    scope: Scope::default(),
+                }],
+            ));
+        }
+    }
+    for (i, path) in args.rules.iter().enumerate() {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("--rules {}", path.display()))?;
+        let rules =
+            parse_rules_toml(&text).with_context(|| format!("--rules {}", path.display()))?;
+        items.push((position("rules", i), rules.0));
+    }
+    // stable: without indices (tests) the order above stands
+    items.sort_by_key(|(pos, _)| *pos);
+    Ok(Rules(items.into_iter().flat_map(|(_, r)| r).collect()))
+}
+
+pub fn validate(args: ProxyArgs, matches: Option<&ArgMatches>) -> anyhow::Result<ProxyRun> {
     let listen = parse_listen(&args.listen)?;
-    let upstream: UpstreamUrl = args.upstream.parse().context("--upstream")?;
+    let mode = match &args.upstream {
+        Some(u) => Mode::Reverse(u.parse::<UpstreamUrl>().context("--upstream")?),
+        None => {
+            let dir = match &args.ca_dir {
+                Some(d) => d.clone(),
+                None => default_dir().context("--ca-dir")?,
+            };
+            let (ca, origin) = LocalCa::load_or_create(&dir)
+                .with_context(|| format!("the interception CA in {}", dir.display()))?;
+            if matches!(origin, Origin::Created) {
+                eprintln!(
+                    "wstap: created the interception CA {}; trust it in your client (README: Trust the wstap CA)",
+                    ca.cert_path().display()
+                );
+            }
+            Mode::Forward(ForwardOptions {
+                interceptor: Arc::new(Interceptor::new(Arc::new(LeafMinter::new(ca)))),
+                no_intercept: args.no_intercept.clone(),
+            })
+        }
+    };
     if args.max_preview > 16 * 1024 * 1024 {
         bail!(
             "--max-preview {} is more than 16 MiB; previews are for reading",
@@ -122,15 +271,35 @@ pub fn validate(args: ProxyArgs) -> anyhow::Result<ProxyRun> {
             har::MAX_PAYLOAD_LIMIT >> 20
         );
     }
-    let mut config = ProxyConfig::new(listen, upstream);
-    config.allow = args.allow;
+    let mut config = ProxyConfig::with_mode(listen, mode);
+    config.allow = args.allow.clone();
     config.max_preview = args.max_preview;
     config.connect_timeout = args.connect_timeout;
     config.header_timeout = args.header_timeout;
     config.handshake_timeout = args.handshake_timeout;
     config.grace = args.grace;
-    config.expected_idle = args.expect_idle_timeout;
+    config.expected_idle = args.expect_idle_timeout.clone();
+    config.rules = ordered_rules(&args, matches)?;
+    config.simulate = args.simulate.as_deref().and_then(Hop::parse);
+    config.idle_cut = match (config.simulate, args.idle_timeout) {
+        (_, Some(after)) => Some(IdleRule {
+            after,
+            count_client: true,
+            label: "--idle-timeout".into(),
+        }),
+        (Some(hop), None) => Some(hop.idle_rule()),
+        (None, None) => None,
+    };
     config.strict = args.strict;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.listener_tls =
+            Some(ListenerTls::from_files(cert, key).context("--tls-cert/--tls-key")?);
+    }
+    config.insecure = args.insecure;
+    let trust = TrustOptions {
+        extra_roots: args.upstream_ca.clone(),
+        insecure: args.insecure,
+    };
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if !args.quiet {
         sinks.push(Box::new(TerminalSink::stderr()));
@@ -141,8 +310,12 @@ pub fn validate(args: ProxyArgs) -> anyhow::Result<ProxyRun> {
         sinks.push(Box::new(sink));
     }
     if let Some(path) = &args.har {
-        let sink = HarSink::create(path, HarOptions::new(args.har_max_payload))
-            .with_context(|| format!("--har {}", path.display()))?;
+        let opts = HarOptions {
+            client_tls: config.listener_tls.is_some(),
+            ..HarOptions::new(args.har_max_payload)
+        };
+        let sink =
+            HarSink::create(path, opts).with_context(|| format!("--har {}", path.display()))?;
         sinks.push(Box::new(sink));
         // the taps attach each frame's payload to its event for the HAR
         config.capture = har::capture_for(args.har_max_payload);
@@ -154,12 +327,12 @@ pub fn validate(args: ProxyArgs) -> anyhow::Result<ProxyRun> {
         },
         config,
         sinks,
-        trust: TrustOptions::default(),
+        trust,
     })
 }
 
-pub async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
-    let running = start(validate(args)?).await?;
+pub async fn run(args: ProxyArgs, matches: Option<&ArgMatches>) -> anyhow::Result<ExitCode> {
+    let running = start(validate(args, matches)?).await?;
     crate::cli::shutdown_signal().await;
     running.stop().await?;
     Ok(ExitCode::SUCCESS)
@@ -180,12 +353,36 @@ pub async fn start(run: ProxyRun) -> anyhow::Result<Running> {
     };
     let dispatcher =
         spawn_dispatcher_with(rx, run.sinks, opts).context("starting the output thread")?;
-    let tls = client_config(&run.trust)?;
-    let upstream = run.config.upstream.to_string();
+    let tls = client_config(&run.trust).context("--upstream-ca")?;
+    let upstream = run.config.mode.label();
+    let served = if run.config.listener_tls.is_some() {
+        " (TLS: wss://, https://)"
+    } else {
+        ""
+    };
+    if run.trust.insecure {
+        eprintln!(
+            "wstap: warning: --insecure: upstream TLS certificates are not verified; use it for debugging only"
+        );
+    }
+    if let Some(hop) = run.config.simulate {
+        eprintln!(
+            "wstap: SIMULATING {} (--simulate {}): connections through this proxy are broken on purpose",
+            hop.describe(),
+            hop.name()
+        );
+    }
+    if let Some(idle) = &run.config.idle_cut {
+        eprintln!(
+            "wstap: SIMULATING an idle cut: WebSockets are dropped after {} without traffic ({}), with no close frame",
+            humantime::format_duration(idle.after),
+            idle.label
+        );
+    }
     let allow = run.config.allow.clone();
     let proxy = Proxy::bind(run.config, tls, tx).await?;
     let addr = proxy.local_addr();
-    eprintln!("wstap: listening on {addr} -> {upstream}");
+    eprintln!("wstap: listening on {addr}{served} -> {upstream}");
     if let Some(w) = crate::proxy::allow::exposure_warning(addr, &allow) {
         eprintln!("wstap: {w}");
     }

@@ -2,6 +2,7 @@
 //! message, answers pings, serves a page at any other path. It refuses
 //! broken handshakes the way common servers do (426 without the upgrade
 //! headers), and can demand an Origin, so findings have something to find.
+//! It serves plain or behind TLS.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -61,15 +62,41 @@ pub async fn serve(listener: TcpListener, opts: EchoOptions) {
             continue;
         };
         let _ = sock.set_nodelay(true);
-        let opts = opts.clone();
+        tokio::spawn(serve_conn(sock, opts.clone()));
+    }
+}
+
+/// Like [`serve`], behind TLS (wss://, https://) with `tls`.
+pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, opts: EchoOptions) {
+    let opts = Arc::new(opts);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let Ok((sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = sock.set_nodelay(true);
+        let (acceptor, opts) = (acceptor.clone(), opts.clone());
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(req, opts.clone()));
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(sock), svc)
-                .with_upgrades()
-                .await;
+            // A client that stalls the handshake must not hold a task forever.
+            let accepted = tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(sock)).await;
+            if let Ok(Ok(stream)) = accepted {
+                serve_conn(stream, opts).await;
+            }
         });
     }
+}
+
+const HANDSHAKE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn serve_conn<IO>(io: IO, opts: Arc<EchoOptions>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| handle(req, opts.clone()));
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades()
+        .await;
 }
 
 fn plain(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

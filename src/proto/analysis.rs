@@ -110,12 +110,17 @@ pub fn judge_request(r: &RequestView, view: &str) -> Vec<Finding> {
     out
 }
 
+/// The view name `diff` judges a hop's forwarded request under.
+pub const BEHIND_HOP: &str = "behind_hop";
+
 fn label(view: &str) -> &'static str {
     match view {
         "client_request" => "client's request",
         "upstream_request" => "request wstap sent upstream",
         "upstream_response" => "upstream's response",
         "client_response" => "response to the client",
+        // `diff`: the back tap's view of what a hop forwarded
+        BEHIND_HOP => "request as it arrived behind the hop",
         _ => "message",
     }
 }
@@ -311,7 +316,76 @@ pub fn analyze(hs: &Handshake) -> Vec<Finding> {
         }
     }
     out.extend(response_findings);
+    if let Some(f) = fix_verified(hs, &out) {
+        out.push(f);
+    }
     out
+}
+
+/// What restores each request finding, for `fix-verified`.
+fn restored(code: &str) -> Option<(&'static str, &'static str)> {
+    Some(match code {
+        "upgrade-header-missing" => (
+            "`Upgrade: websocket`",
+            "proxy_set_header Upgrade $http_upgrade;",
+        ),
+        "connection-upgrade-missing" => (
+            "`Connection: upgrade`",
+            "proxy_set_header Connection \"upgrade\";",
+        ),
+        "http-version-downgrade" => ("HTTP/1.1", "proxy_http_version 1.1;"),
+        "websocket-version-unsupported" => {
+            ("`Sec-WebSocket-Version: 13`", "(fix the client library)")
+        }
+        _ => return None,
+    })
+}
+
+/// The handshake arrived broken, wstap's rewrites removed the cause, and
+/// the upstream then answered 101: the fix works, say so plainly.
+fn fix_verified(hs: &Handshake, found: &[Finding]) -> Option<Finding> {
+    let (client, up) = (hs.client_request.as_ref()?, hs.upstream_request.as_ref()?);
+    if client == up || hs.upstream_response.as_ref()?.status != 101 {
+        return None;
+    }
+    let still = judge_request(up, "upstream_request");
+    let fixed: Vec<&Finding> = found
+        .iter()
+        .filter(|f| f.view.as_deref() == Some("client_request") && f.severity == Severity::Error)
+        .filter(|f| restored(&f.code).is_some() && !still.iter().any(|s| s.code == f.code))
+        .collect();
+    if fixed.is_empty() {
+        return None;
+    }
+    let what: Vec<&str> = fixed
+        .iter()
+        .filter_map(|f| restored(&f.code))
+        .map(|r| r.0)
+        .collect();
+    let how: Vec<&str> = fixed
+        .iter()
+        .filter_map(|f| restored(&f.code))
+        .map(|r| r.1)
+        .collect();
+    let list = match what.as_slice() {
+        [one] => one.to_string(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+        [] => String::new(),
+    };
+    let codes: Vec<&str> = fixed.iter().map(|f| f.code.as_str()).collect();
+    Some(
+        Finding::new(
+            "fix-verified",
+            Severity::Info,
+            format!(
+                "the upstream accepts the upgrade once {list} {} restored; apply that at the hop",
+                if what.len() == 1 { "is" } else { "are" }
+            ),
+            format!("nginx: {}", how.join(" ")),
+        )
+        .observed(format!("fixed by the rewrite rules: {}", codes.join(", ")))
+        .view("upstream_request"),
+    )
 }
 
 #[cfg(test)]
@@ -491,6 +565,55 @@ mod tests {
             codes(&judge_response(&ext, &healthy_req(), "upstream_response")),
             ["negotiation-mismatch"]
         );
+    }
+
+    #[test]
+    fn a_rewrite_that_removes_the_cause_is_a_verified_fix() {
+        let broken = req(
+            "HTTP/1.0",
+            &[
+                ("Host", "a"),
+                ("Connection", "close"),
+                ("Sec-WebSocket-Key", KEY),
+                ("Sec-WebSocket-Version", "13"),
+            ],
+        );
+        let fixed = req(
+            "HTTP/1.1",
+            &[
+                ("Host", "a"),
+                ("Connection", "upgrade"),
+                ("Sec-WebSocket-Key", KEY),
+                ("Sec-WebSocket-Version", "13"),
+                ("Upgrade", "websocket"),
+            ],
+        );
+        let h = Handshake {
+            client_request: Some(broken.clone()),
+            upstream_request: Some(fixed),
+            upstream_response: Some(healthy_res()),
+            client_response: Some(healthy_res()),
+            ..Default::default()
+        };
+        let f = analyze(&h);
+        let v = f
+            .iter()
+            .find(|f| f.code == "fix-verified")
+            .expect("fix-verified");
+        assert_eq!(v.severity, Severity::Info);
+        assert!(
+            v.message
+                .contains("`Upgrade: websocket`, `Connection: upgrade` and HTTP/1.1 are restored"),
+            "{}",
+            v.message
+        );
+        assert!(v.hint.contains("proxy_http_version 1.1;"));
+        // no fix without a 101, and none when nothing was rewritten
+        let mut refused = h.clone();
+        refused.upstream_response = Some(res(426, &[], None));
+        assert!(!analyze(&refused).iter().any(|f| f.code == "fix-verified"));
+        let lenient = hs(broken, healthy_res());
+        assert!(!analyze(&lenient).iter().any(|f| f.code == "fix-verified"));
     }
 
     #[test]

@@ -283,6 +283,9 @@ pub struct HttpExchange {
     /// The upstream address (`ip:port`) the request went to, when connected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_addr: Option<String>,
+    /// What the rewrite rules changed in this request and its response.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rewrites: Vec<String>,
 }
 
 /// How a connection ended; one per connection, its last event.

@@ -175,6 +175,105 @@ impl UpstreamFailure {
     }
 }
 
+/// Why a client's TLS handshake with wstap failed (the TLS listener, and
+/// interception in forward mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientTlsFailure {
+    /// The client closed before a whole ClientHello arrived: a pre-connect
+    /// or a port probe rather than a failed handshake.
+    ClosedBeforeHello,
+    /// The client's first bytes were not TLS.
+    NotTls { detail: String },
+    /// The client rejected wstap's certificate: a certificate alert, or an
+    /// orderly close right after it received the certificate.
+    Refused { detail: String },
+    /// The client's connection was reset during the handshake, before it
+    /// read wstap's certificate: a browser dropping a spare connection.
+    ClosedDuringHandshake { detail: String },
+    /// No complete handshake within the limit.
+    Timeout { after: Duration },
+    /// wstap could not make a certificate for the requested name.
+    Certificate { host: String, detail: String },
+    /// Anything else (no common protocol version or cipher, a bad message).
+    Other { detail: String },
+}
+
+impl ClientTlsFailure {
+    /// One line: what happened.
+    pub fn message(&self) -> String {
+        match self {
+            ClientTlsFailure::ClosedBeforeHello => {
+                "the client closed the connection before starting TLS".into()
+            }
+            ClientTlsFailure::NotTls { detail } => format!(
+                "the client did not speak TLS to this TLS listener (http:// or ws:// instead of https:// or wss://?): {detail}"
+            ),
+            ClientTlsFailure::Refused { detail } => {
+                format!("the client refused wstap's certificate: {detail}")
+            }
+            ClientTlsFailure::ClosedDuringHandshake { detail } => format!(
+                "the client dropped the connection during the TLS handshake before reading \
+                 wstap's certificate (browsers drop spare connections so): {detail}"
+            ),
+            ClientTlsFailure::Timeout { after } => format!(
+                "the client did not complete the TLS handshake within {}",
+                humantime::format_duration(*after)
+            ),
+            ClientTlsFailure::Certificate { host, detail } => {
+                format!("wstap could not make a certificate for {host}: {detail}")
+            }
+            ClientTlsFailure::Other { detail } => {
+                format!("the TLS handshake with the client failed: {detail}")
+            }
+        }
+    }
+
+    /// Whether the client saw the certificate and said no.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, ClientTlsFailure::Refused { .. })
+    }
+
+    /// Whether the client just went away (a pre-connect, a spare
+    /// connection, a port probe): a close, not an error.
+    pub fn is_client_gone(&self) -> bool {
+        matches!(
+            self,
+            ClientTlsFailure::ClosedBeforeHello | ClientTlsFailure::ClosedDuringHandshake { .. }
+        )
+    }
+
+    /// `client-tls-failed` for a refused certificate; `trust_hint` says how
+    /// to make the client trust it (it depends on where the certificate
+    /// came from).
+    pub fn finding(&self, trust_hint: &str) -> Option<Finding> {
+        self.is_refused().then(|| {
+            Finding::new(
+                "client-tls-failed",
+                Severity::Error,
+                self.message(),
+                trust_hint,
+            )
+            .observed("tls layer failed")
+            .view("client")
+        })
+    }
+}
+
+/// `tls-verification-disabled`: `--insecure` let an upstream's
+/// certificate through unchecked.
+pub fn verification_disabled(addr: &str) -> Finding {
+    Finding::new(
+        "tls-verification-disabled",
+        Severity::Warning,
+        format!(
+            "the certificate of the upstream {addr} was not verified (--insecure): \
+             anyone on the path could read and change this traffic"
+        ),
+        "--insecure is for debugging only. Trust the upstream's CA with --upstream-ca FILE (PEM) instead.",
+    )
+    .view("upstream")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +301,28 @@ mod tests {
             .message()
             .contains("not speaking TLS (ws:// vs wss://?)"));
         assert!(r.client_body("ws://127.0.0.1:1").contains("refused"));
+    }
+
+    #[test]
+    fn only_a_refused_certificate_is_a_client_tls_finding() {
+        let refused = ClientTlsFailure::Refused {
+            detail: "it sent the alert unknown_ca".into(),
+        };
+        let f = refused.finding("trust the CA at /x/wstap-ca.pem").unwrap();
+        assert_eq!(
+            (f.code.as_str(), f.severity),
+            ("client-tls-failed", Severity::Error)
+        );
+        assert!(f.message.contains("unknown_ca"), "{}", f.message);
+        assert_eq!(f.hint, "trust the CA at /x/wstap-ca.pem");
+        let not_tls = ClientTlsFailure::NotTls { detail: "x".into() };
+        assert!(not_tls.finding("h").is_none());
+        assert!(not_tls.message().contains("https://"));
+        let w = verification_disabled("example.com:443");
+        assert_eq!(
+            (w.code.as_str(), w.severity),
+            ("tls-verification-disabled", Severity::Warning)
+        );
+        assert!(w.message.contains("example.com:443") && w.hint.contains("debugging only"));
     }
 }

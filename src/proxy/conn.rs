@@ -8,25 +8,29 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
 
 use super::body::{copy_body, BodyError, Capture};
 use super::io::{BoxIo, Inbound, ReadHeadError};
 use super::relay::{self, RelayOptions, Sides};
-use super::upstream::{Connected, Endpoint};
+use super::upstream::{authority, Connected, Endpoint, UpstreamUrl};
 use super::Shared;
+use super::{forward, Mode};
 use crate::proto::analysis;
 use crate::proto::event::{
     millis, CloseSummary, ConnId, Dir, ErrorEvent, Event, EventKind, Finding, Handshake,
-    HttpExchange, ResponseView,
+    HttpExchange, ResponseView, Severity,
 };
-use crate::proto::failure::UpstreamFailure;
+use crate::proto::failure::{verification_disabled, ClientTlsFailure, UpstreamFailure};
 use crate::proto::handshake::{self, Negotiated};
 use crate::proto::http::{
     parse_request_head, parse_response_head, request_body, response_body, BodyKind, Header,
     RequestHead, ResponseHead,
 };
 use crate::proto::preview;
+use crate::proto::rewrite::Context;
 use crate::proto::session::{summarize, EndContext};
+use crate::proto::simulate;
 use crate::proto::stream::{StreamTap, TapConfig};
 
 /// After refusing a request head, input still read (and dropped) so the
@@ -49,13 +53,13 @@ struct UpstreamConn {
 }
 
 /// How a connection ended, for its `close` event.
-struct End {
+pub(super) struct End {
     reason: &'static str,
     detail: String,
 }
 
 impl End {
-    fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+    pub(super) fn new(reason: &'static str, detail: impl Into<String>) -> Self {
         End {
             reason,
             detail: detail.into(),
@@ -63,38 +67,145 @@ impl End {
     }
 }
 
-enum Step {
+pub(super) enum Step {
     Next,
     Done(End),
     /// A 101 answered a WebSocket handshake: relay from here on.
     Upgrade(ResponseHead),
+    /// A forward proxy's client asked for a tunnel.
+    Connect(RequestHead),
 }
 
-struct Conn {
-    shared: Arc<Shared>,
-    id: ConnId,
-    accepted: SystemTime,
-    client_rd: Inbound<Rd>,
-    client_wr: Wr,
+pub(super) struct Conn {
+    pub(super) shared: Arc<Shared>,
+    pub(super) id: ConnId,
+    pub(super) accepted: SystemTime,
+    pub(super) client_rd: Inbound<Rd>,
+    pub(super) client_wr: Wr,
     upstream: Option<UpstreamConn>,
     /// Bytes read from earlier upstream connections of this client.
     upstream_bytes: u64,
+    /// `tls-verification-disabled` was sent for this connection.
+    insecure_reported: bool,
+    /// The `simulated-hop` note was sent for this connection.
+    simulation_reported: bool,
+    /// Where every request goes (reverse mode, or inside an intercepted
+    /// CONNECT); `None` for a forward proxy's own connection, where each
+    /// request names its upstream.
+    pub(super) fixed: Option<UpstreamUrl>,
+    /// The upstream the open upstream connection leads to.
+    current: Option<UpstreamUrl>,
 }
 
 /// Serves one accepted client connection to its end.
 pub async fn serve(shared: Arc<Shared>, io: BoxIo, peer: SocketAddr, id: ConnId) {
-    tracing::debug!(%peer, conn = id.0, "accepted");
-    let (rd, wr) = tokio::io::split(io);
-    let conn = Conn {
-        shared,
-        id,
-        accepted: SystemTime::now(),
-        client_rd: Inbound::new(rd),
-        client_wr: wr,
-        upstream: None,
-        upstream_bytes: 0,
+    serve_from(shared, io, peer, id, SystemTime::now()).await
+}
+
+/// Serves one connection accepted on the TLS listener: the handshake
+/// within the header timeout, then the same path as a plain connection.
+pub async fn serve_tls(shared: Arc<Shared>, sock: TcpStream, peer: SocketAddr, id: ConnId) {
+    let accepted = SystemTime::now();
+    let Some(tls) = shared.cfg.listener_tls.as_ref() else {
+        return serve_from(shared, Box::new(sock), peer, id, accepted).await;
     };
-    conn.run().await;
+    match tls.accept(sock, shared.cfg.header_timeout).await {
+        Ok(stream) => {
+            tracing::debug!(
+                version = ?stream.get_ref().1.protocol_version(),
+                "TLS handshake with the client done"
+            );
+            serve_from(shared, Box::new(stream), peer, id, accepted).await
+        }
+        Err(f) => client_tls_failed(&shared, id, accepted, &f, &tls.trust_hint).await,
+    }
+}
+
+/// Reports a client's failed TLS handshake and ends its connection: an
+/// `error` event, `client-tls-failed` when the client refused the
+/// certificate (`trust_hint` says how to trust it), and the `close`.
+pub async fn client_tls_failed(
+    shared: &Shared,
+    id: ConnId,
+    accepted: SystemTime,
+    f: &ClientTlsFailure,
+    trust_hint: &str,
+) {
+    let now = SystemTime::now();
+    let mut events = Vec::new();
+    let reason = if f.is_client_gone() {
+        // A pre-connect, a spare connection or a probe: not an error, like
+        // a plain connection closed before its request.
+        "client-closed"
+    } else {
+        events.push(Event::conn(
+            now,
+            id,
+            EventKind::Error(ErrorEvent {
+                message: f.message(),
+            }),
+        ));
+        if let Some(finding) = f.finding(trust_hint) {
+            events.push(Event::conn(now, id, EventKind::Finding(finding)));
+        }
+        "client-tls-failed"
+    };
+    events.push(Event::conn(
+        now,
+        id,
+        EventKind::Close(CloseSummary {
+            reason: reason.to_string(),
+            detail: f.message(),
+            duration_ms: millis(now.duration_since(accepted).unwrap_or_default()),
+            frames_from_client: 0,
+            frames_from_server: 0,
+            // no application bytes were exchanged
+            bytes_from_client: 0,
+            bytes_from_server: 0,
+            websocket: false,
+        }),
+    ));
+    shared.events.send_all(&mut events).await;
+}
+
+async fn serve_from(
+    shared: Arc<Shared>,
+    io: BoxIo,
+    peer: SocketAddr,
+    id: ConnId,
+    accepted: SystemTime,
+) {
+    tracing::debug!(%peer, conn = id.0, "accepted");
+    let fixed = match &shared.cfg.mode {
+        Mode::Reverse(u) => Some(u.clone()),
+        Mode::Forward(_) => None,
+    };
+    Conn::new(shared, id, accepted, io, fixed).run().await;
+}
+
+impl Conn {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        id: ConnId,
+        accepted: SystemTime,
+        io: BoxIo,
+        fixed: Option<UpstreamUrl>,
+    ) -> Conn {
+        let (rd, wr) = tokio::io::split(io);
+        Conn {
+            shared,
+            id,
+            accepted,
+            client_rd: Inbound::new(rd),
+            client_wr: wr,
+            upstream: None,
+            upstream_bytes: 0,
+            insecure_reported: false,
+            simulation_reported: false,
+            fixed,
+            current: None,
+        }
+    }
 }
 
 fn reason_phrase(status: u16) -> &'static str {
@@ -131,7 +242,7 @@ async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io:
 }
 
 impl Conn {
-    async fn emit(&self, kind: EventKind) {
+    pub(super) async fn emit(&self, kind: EventKind) {
         self.shared
             .events
             .send(Event::conn(SystemTime::now(), self.id, kind))
@@ -143,15 +254,44 @@ impl Conn {
     }
 
     /// The handshake event, then what the analysis makes of it.
-    async fn emit_handshake(&self, hs: Handshake) {
-        let findings = analysis::analyze(&hs);
+    async fn emit_handshake(&mut self, hs: Handshake, rewrites: &[String]) {
+        let mut findings = analysis::analyze(&hs);
+        if !rewrites.is_empty() {
+            findings.insert(
+                0,
+                Finding::new(
+                    "header-rewritten",
+                    Severity::Info,
+                    format!("wstap rewrote the handshake: {}", rewrites.join("; ")),
+                    "Your rewrite rules (--set-request-header and friends, --rules) made these changes; the handshake event shows each view before and after.",
+                )
+                .view("wstap"),
+            );
+        }
         self.emit(EventKind::Handshake(Box::new(hs))).await;
+        if let Some(f) = self.simulation_note() {
+            self.emit_finding(f).await;
+        }
         for f in findings {
             self.emit_finding(f).await;
         }
     }
 
-    async fn run(mut self) {
+    /// The `simulated-hop` finding, once per connection a simulation touches.
+    fn simulation_note(&mut self) -> Option<Finding> {
+        if self.simulation_reported {
+            return None;
+        }
+        let f = match (self.shared.cfg.simulate, &self.shared.cfg.idle_cut) {
+            (Some(hop), _) => hop.finding(),
+            (None, Some(idle)) => simulate::idle_cut_finding(idle.after),
+            (None, None) => return None,
+        };
+        self.simulation_reported = true;
+        Some(f)
+    }
+
+    pub(super) async fn run(mut self) {
         let mut first = true;
         // hardening: the end of the shutdown grace period ends the wait for
         // a request (an idle keep-alive) or an exchange, with a close event
@@ -198,6 +338,12 @@ impl Conn {
                 Step::Next => continue,
                 Step::Done(end) => break end,
                 Step::Upgrade(resp) => return self.websocket(resp).await,
+                Step::Connect(req) => {
+                    if forward::intercepts(&self.shared, &req) {
+                        return forward::intercept(self, req).await;
+                    }
+                    break forward::tunnel(&mut self, req).await;
+                }
             }
         };
         let _ = self.client_wr.shutdown().await;
@@ -238,13 +384,27 @@ impl Conn {
         End::new("bad-request", message)
     }
 
-    /// Makes sure an upstream connection is open.
-    async fn ensure_upstream(&mut self) -> Result<(), UpstreamFailure> {
+    /// Makes sure an upstream connection to `url` is open.
+    pub(super) async fn ensure_upstream(
+        &mut self,
+        url: &UpstreamUrl,
+    ) -> Result<(), UpstreamFailure> {
+        let ep = Endpoint::from(url);
         if self.upstream.is_some() {
-            return Ok(());
+            if self.current.as_ref().map(Endpoint::from).as_ref() == Some(&ep) {
+                return Ok(());
+            }
+            // a forward proxy's client moved on to another host
+            self.drop_upstream();
         }
-        let ep = Endpoint::from(&self.shared.cfg.upstream);
-        let Connected { io, addr, .. } = self.shared.connector.connect(&ep).await?;
+        self.current = Some(url.clone());
+        let Connected { io, addr, tls, .. } = self.shared.connector.connect(&ep).await?;
+        // Once per client connection, even if it reconnects upstream.
+        if tls.is_some() && self.shared.cfg.insecure && !self.insecure_reported {
+            self.insecure_reported = true;
+            self.emit_finding(verification_disabled(&authority(&ep.host, ep.port)))
+                .await;
+        }
         let (rd, wr) = tokio::io::split(io);
         self.upstream = Some(UpstreamConn {
             rd: Inbound::new(rd),
@@ -263,9 +423,9 @@ impl Conn {
 
     /// Sends the request head upstream, reconnecting once when a reused
     /// keep-alive connection turns out to be closed.
-    async fn send_head(&mut self, bytes: &[u8]) -> Result<(), UpstreamFailure> {
+    async fn send_head(&mut self, bytes: &[u8], url: &UpstreamUrl) -> Result<(), UpstreamFailure> {
         for attempt in 0..2 {
-            self.ensure_upstream().await?;
+            self.ensure_upstream(url).await?;
             let Some(up) = self.upstream.as_mut() else {
                 continue;
             };
@@ -285,13 +445,40 @@ impl Conn {
             }
         }
         Err(UpstreamFailure::Dropped {
-            addr: self.shared.cfg.upstream.authority(),
+            addr: url.authority(),
             detail: "could not send the request".into(),
         })
     }
 
+    /// Where a request goes, and the target to send there.
+    fn route(&self, req: &RequestHead) -> Result<(UpstreamUrl, String), String> {
+        if let Some(u) = &self.fixed {
+            return Ok((u.clone(), u.map_target(&req.target)));
+        }
+        forward::absolute_form(&req.target).ok_or_else(|| {
+            format!(
+                "wstap runs as a forward proxy (--forward): it takes absolute-form requests (GET http://host/path) and CONNECT, not {:?}; set it as the client's HTTP proxy",
+                req.target
+            )
+        })
+    }
+
+    /// Answers a request the proxy cannot route.
+    async fn refuse_route(&mut self, message: String) -> Step {
+        self.emit(EventKind::Error(ErrorEvent {
+            message: message.clone(),
+        }))
+        .await;
+        let (_, bytes) = own_response(400, &format!("wstap: {message}\n"));
+        let _ = write_flush(&mut self.client_wr, &bytes).await;
+        Step::Done(End::new("bad-request", message))
+    }
+
     async fn exchange(&mut self, req: RequestHead, raw: Vec<u8>) -> Step {
         let started = Instant::now();
+        if self.fixed.is_none() && req.method.eq_ignore_ascii_case("CONNECT") {
+            return Step::Connect(req);
+        }
         let attempt = handshake::is_attempt(&req);
         let framing = match request_body(&req) {
             Ok(k) => k,
@@ -307,8 +494,24 @@ impl Conn {
             }
         };
 
-        let mut up_req = req.clone();
-        up_req.target = self.shared.cfg.upstream.map_target(&req.target);
+        let (url, up_target) = match self.route(&req) {
+            Ok(r) => r,
+            Err(step) => return self.refuse_route(step).await,
+        };
+        let cfg = &self.shared.cfg;
+        let upstream_authority = url.authority();
+        let mut up_req = match cfg.simulate {
+            Some(hop) => hop.forward(&req, &url.host, url.port, url.scheme.is_tls()),
+            None => req.clone(),
+        };
+        up_req.target = up_target;
+        let shared = self.shared.clone();
+        let ctx = Context {
+            incoming: &req,
+            upstream: &upstream_authority,
+        };
+        let mut rewrites = shared.cfg.rules.apply_request(&mut up_req, &ctx);
+        // unchanged heads go upstream byte for byte
         let up_raw = if up_req == req {
             raw
         } else {
@@ -324,8 +527,10 @@ impl Conn {
         let mut tries = if framing == BodyKind::Empty { 2 } else { 1 };
         let (resp, resp_raw) = loop {
             tries -= 1;
-            if let Err(f) = self.send_head(&up_raw).await {
-                return self.upstream_failed(&req, hs, f, started).await;
+            if let Err(f) = self.send_head(&up_raw, &url).await {
+                return self
+                    .upstream_failed(&req, hs, f, started, &rewrites, &url)
+                    .await;
             }
             hs.upstream_request = Some(up_req.view());
             let timeout = attempt.then_some(self.shared.cfg.handshake_timeout);
@@ -343,7 +548,9 @@ impl Conn {
                 Err(ExchangeError::Upstream(f, reused)) => {
                     self.drop_upstream();
                     if !(reused && tries > 0) {
-                        return self.upstream_failed(&req, hs, f, started).await;
+                        return self
+                            .upstream_failed(&req, hs, f, started, &rewrites, &url)
+                            .await;
                     }
                 }
             }
@@ -352,8 +559,13 @@ impl Conn {
             up.reused = true;
         }
 
-        let client_resp = resp.clone();
-        let client_resp_raw = resp_raw;
+        let mut client_resp = resp.clone();
+        rewrites.extend(shared.cfg.rules.apply_response(&mut client_resp, &ctx));
+        let client_resp_raw = if client_resp == resp {
+            resp_raw
+        } else {
+            client_resp.to_bytes()
+        };
         hs.upstream_response = Some(resp.view());
         hs.client_response = Some(client_resp.view());
         hs.upstream_addr = self.upstream.as_ref().map(|u| u.addr.to_string());
@@ -361,7 +573,7 @@ impl Conn {
         if let Err(e) = write_flush(&mut self.client_wr, &client_resp_raw).await {
             self.drop_upstream();
             if attempt {
-                self.emit_handshake(hs).await;
+                self.emit_handshake(hs, &rewrites).await;
             }
             return Step::Done(End::new(
                 "client-closed",
@@ -371,7 +583,7 @@ impl Conn {
 
         if resp.status == 101 {
             if attempt {
-                self.emit_handshake(hs).await;
+                self.emit_handshake(hs, &rewrites).await;
                 return Step::Upgrade(client_resp);
             }
             return self.tunnel(&req, hs.client_response.take(), started).await;
@@ -410,7 +622,7 @@ impl Conn {
                     }
                 }
             }
-            self.emit_handshake(hs).await;
+            self.emit_handshake(hs, &rewrites).await;
         } else {
             let response_bytes = *body.as_ref().unwrap_or(&0);
             self.emit(EventKind::Http(HttpExchange {
@@ -423,6 +635,7 @@ impl Conn {
                 client_request: hs.client_request.take(),
                 client_response: hs.client_response.take(),
                 upstream_addr: hs.upstream_addr.take(),
+                rewrites,
             }))
             .await;
         }
@@ -444,8 +657,10 @@ impl Conn {
             }
             Ok(_) => {}
         }
-        if resp_framing == BodyKind::UntilClose || !resp.keep_alive() {
+        if resp_framing == BodyKind::UntilClose || !resp.keep_alive() || !up_req.keep_alive() {
             self.drop_upstream();
+        }
+        if resp_framing == BodyKind::UntilClose || !client_resp.keep_alive() {
             return Step::Done(End::new(
                 "server-closed",
                 "the upstream ended the connection after its response",
@@ -471,7 +686,11 @@ impl Conn {
         let Some(up) = self.upstream.as_mut() else {
             return Err(ExchangeError::Upstream(
                 UpstreamFailure::Dropped {
-                    addr: self.shared.cfg.upstream.authority(),
+                    addr: self
+                        .current
+                        .as_ref()
+                        .map(|u| u.authority())
+                        .unwrap_or_default(),
                     detail: "no upstream connection".into(),
                 },
                 false,
@@ -489,14 +708,16 @@ impl Conn {
         }
     }
 
-    async fn upstream_failed(
+    pub(super) async fn upstream_failed(
         &mut self,
         req: &RequestHead,
         mut hs: Handshake,
         f: UpstreamFailure,
         started: Instant,
+        rewrites: &[String],
+        url: &UpstreamUrl,
     ) -> Step {
-        let upstream = self.shared.cfg.upstream.to_string();
+        let upstream = url.to_string();
         let (head, bytes) = own_response(f.status(), &f.client_body(&upstream));
         let _ = write_flush(&mut self.client_wr, &bytes).await;
         if handshake::is_attempt(req) {
@@ -504,7 +725,7 @@ impl Conn {
             view.body_preview = Some(f.message());
             hs.client_response = Some(view);
             hs.duration_ms = Some(millis(started.elapsed()));
-            self.emit_handshake(hs).await;
+            self.emit_handshake(hs, rewrites).await;
         } else {
             self.emit(EventKind::Http(HttpExchange {
                 method: req.method.clone(),
@@ -516,6 +737,7 @@ impl Conn {
                 client_request: hs.client_request.take(),
                 client_response: Some(head.view()),
                 upstream_addr: None,
+                rewrites: rewrites.to_vec(),
             }))
             .await;
         }
@@ -523,25 +745,27 @@ impl Conn {
         Step::Done(End::new("upstream-failed", f.message()))
     }
 
-    /// A 101 to something other than a WebSocket (h2c, ...): bytes pass
-    /// both ways undecoded.
-    async fn tunnel(
+    /// A 101 to something other than a WebSocket (h2c, ...), or a CONNECT
+    /// that is not intercepted: bytes pass both ways undecoded.
+    pub(super) async fn tunnel(
         &mut self,
         req: &RequestHead,
         client_response: Option<ResponseView>,
         started: Instant,
     ) -> Step {
         let upstream_addr = self.upstream.as_ref().map(|u| u.addr.to_string());
+        let status = client_response.as_ref().map_or(101, |r| r.status);
         self.emit(EventKind::Http(HttpExchange {
             method: req.method.clone(),
             target: req.target.clone(),
-            status: 101,
+            status,
             duration_ms: millis(started.elapsed()),
             request_bytes: 0,
             response_bytes: 0,
             client_request: Some(req.view()),
             client_response,
             upstream_addr,
+            rewrites: Vec::new(),
         }))
         .await;
         let Some(up) = self.upstream.as_mut() else {
@@ -568,6 +792,10 @@ impl Conn {
             client_wr,
             upstream,
             upstream_bytes,
+            insecure_reported: _,
+            simulation_reported: _,
+            fixed: _,
+            current: _,
         } = self;
         let Some(up) = upstream else {
             return;

@@ -104,7 +104,16 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
                 }
             }
             let before = self.buffered().len();
-            if self.fill().await? == 0 {
+            let n = match self.fill().await {
+                Ok(n) => n,
+                // A TLS peer that ends without close_notify: browsers do so
+                // when they drop an idle keep-alive connection. Between
+                // messages that is as clean as a TCP FIN (no message was
+                // cut short); inside a head it is a truncation, as a FIN is.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+                Err(e) => return Err(e.into()),
+            };
+            if n == 0 {
                 return if before == 0 {
                     Ok(None)
                 } else {
@@ -154,6 +163,13 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
         &mut self.io
     }
 
+    /// The reader and the bytes read but not consumed, to hand the
+    /// connection to another protocol (TLS after CONNECT).
+    pub fn into_parts(self) -> (R, Vec<u8>) {
+        let rest = self.buf[self.start..].to_vec();
+        (self.io, rest)
+    }
+
     /// Frees the buffer when it holds nothing, so an idle connection keeps
     /// no read memory.
     pub fn release_if_empty(&mut self) {
@@ -161,6 +177,60 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
             self.buf = Vec::new();
             self.start = 0;
         }
+    }
+}
+
+/// A stream that first yields bytes already read from it.
+pub struct Prefixed<IO> {
+    prefix: Vec<u8>,
+    pos: usize,
+    io: IO,
+}
+
+impl<IO> Prefixed<IO> {
+    pub fn new(prefix: Vec<u8>, io: IO) -> Self {
+        Prefixed { prefix, pos: 0, io }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -180,10 +250,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn prefixed_streams_yield_the_prefix_first() {
+        let mut p = Prefixed::new(b"ab".to_vec(), &b"cd"[..]);
+        let mut out = Vec::new();
+        p.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"abcd");
+    }
+
+    #[tokio::test]
     async fn eof_before_and_inside_a_head() {
         let mut r = Inbound::new(&b""[..]);
         assert!(r.read_head(parse_request_head).await.unwrap().is_none());
         let mut r = Inbound::new(&b"GET / HT"[..]);
+        assert!(matches!(
+            r.read_head(parse_request_head).await,
+            Err(ReadHeadError::Truncated(8))
+        ));
+    }
+
+    /// Ends like rustls does when the peer closes without close_notify.
+    struct NoCloseNotify(&'static [u8]);
+
+    impl AsyncRead for NoCloseNotify {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            if self.0.is_empty() {
+                return std::task::Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed connection without sending TLS close_notify",
+                )));
+            }
+            let n = self.0.len().min(buf.remaining());
+            buf.put_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn tls_end_without_close_notify_is_a_close() {
+        let mut r = Inbound::new(NoCloseNotify(b"GET / HTTP/1.1\r\n\r\n"));
+        assert!(r.read_head(parse_request_head).await.unwrap().is_some());
+        // between requests: the connection simply ended
+        assert!(r.read_head(parse_request_head).await.unwrap().is_none());
+        // inside a head: cut short, as with a FIN
+        let mut r = Inbound::new(NoCloseNotify(b"GET / HT"));
         assert!(matches!(
             r.read_head(parse_request_head).await,
             Err(ReadHeadError::Truncated(8))

@@ -5,6 +5,7 @@
 pub mod allow;
 pub mod body;
 pub mod conn;
+pub mod forward;
 pub mod io;
 pub mod relay;
 pub mod upstream;
@@ -22,8 +23,48 @@ use tracing::Instrument;
 
 use crate::bus::EventTx;
 use crate::proto::event::{ConnId, Dir, Event, EventKind, Listening};
+use crate::proto::glob;
 use crate::proto::inject;
+use crate::proto::rewrite::Rules;
+use crate::proto::simulate::{Hop, IdleRule};
+use crate::tls::server::Interceptor;
+use crate::tls::server::ListenerTls;
 use upstream::{Connector, UpstreamUrl};
+
+/// What the proxy sits in front of.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// A reverse proxy for one upstream (`--upstream URL`).
+    Reverse(UpstreamUrl),
+    /// An HTTP proxy (`--forward`): absolute-form requests are forwarded,
+    /// CONNECT tunnels are intercepted with the local CA.
+    Forward(ForwardOptions),
+}
+
+/// Forward-mode settings.
+#[derive(Debug, Clone)]
+pub struct ForwardOptions {
+    /// Mints the certificates intercepted clients see.
+    pub interceptor: Arc<Interceptor>,
+    /// Hosts (globs) whose CONNECT tunnels pass untouched (`--no-intercept`).
+    pub no_intercept: Vec<String>,
+}
+
+impl ForwardOptions {
+    pub fn intercepts(&self, host: &str) -> bool {
+        !self.no_intercept.iter().any(|p| glob::matches(p, host))
+    }
+}
+
+impl Mode {
+    /// For the `listening` event and the start-up line.
+    pub fn label(&self) -> String {
+        match self {
+            Mode::Reverse(u) => u.to_string(),
+            Mode::Forward(_) => "forward proxy (absolute-form and CONNECT)".into(),
+        }
+    }
+}
 
 /// Everything the proxy needs to run, validated.
 #[derive(Debug, Clone)]
@@ -31,7 +72,7 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     /// `--allow`: who may connect; empty lets everyone (see `allow`).
     pub allow: Vec<ipnet::IpNet>,
-    pub upstream: UpstreamUrl,
+    pub mode: Mode,
     pub max_preview: usize,
     /// Payload bytes per frame attached to events for the HAR sink (0: none).
     pub capture: usize,
@@ -47,16 +88,31 @@ pub struct ProxyConfig {
     /// `--strict`: close with 1002 on a protocol violation.
     pub strict: bool,
     /// Cut idle WebSockets like a load balancer (`--idle-timeout`, `--simulate`).
-    pub idle_cut: Option<relay::IdleCut>,
+    pub idle_cut: Option<IdleRule>,
+    /// Rewrite rules for heads passing through (`--set-request-header`, `--rules`, ...).
+    pub rules: Rules,
+    /// `--simulate`: forward like a misconfigured hop.
+    pub simulate: Option<Hop>,
+    /// Serve TLS on the listener (`--tls-cert/--tls-key`); `None`: plain.
+    pub listener_tls: Option<ListenerTls>,
+    /// Upstream certificates are not verified (`--insecure`): every TLS
+    /// upstream connection gets a `tls-verification-disabled` finding.
+    /// Set it together with a client config made with `insecure`.
+    pub insecure: bool,
 }
 
 impl ProxyConfig {
     /// Defaults from the interface contract, in front of `upstream`.
     pub fn new(listen: SocketAddr, upstream: UpstreamUrl) -> Self {
+        Self::with_mode(listen, Mode::Reverse(upstream))
+    }
+
+    /// Defaults from the interface contract, in either mode.
+    pub fn with_mode(listen: SocketAddr, mode: Mode) -> Self {
         ProxyConfig {
             listen,
             allow: Vec::new(),
-            upstream,
+            mode,
             max_preview: 256,
             capture: 0,
             connect_timeout: Duration::from_secs(10),
@@ -66,6 +122,10 @@ impl ProxyConfig {
             expected_idle: Vec::new(),
             strict: false,
             idle_cut: None,
+            rules: Rules::default(),
+            simulate: None,
+            listener_tls: None,
+            insecure: false,
         }
     }
 }
@@ -158,7 +218,7 @@ impl Proxy {
                 None,
                 EventKind::Listening(Listening {
                     addr: addr.to_string(),
-                    upstream: Some(cfg.upstream.to_string()),
+                    upstream: Some(cfg.mode.label()),
                 }),
             ))
             .await;
@@ -199,7 +259,14 @@ impl Proxy {
                         }
                         let _ = sock.set_nodelay(true);
                         let span = tracing::debug_span!("conn", id = id.0, %peer);
-                        tasks.spawn(conn::serve(shared, Box::new(sock), peer, id).instrument(span));
+                        // The TLS handshake runs in the connection's own
+                        // task, so a slow client never holds up the accept
+                        // loop; the plain path stays as it was.
+                        if self.shared.cfg.listener_tls.is_some() {
+                            tasks.spawn(conn::serve_tls(shared, sock, peer, id).instrument(span));
+                        } else {
+                            tasks.spawn(conn::serve(shared, Box::new(sock), peer, id).instrument(span));
+                        }
                     }
                     Err(e) => {
                         // Out of file descriptors and similar: back off

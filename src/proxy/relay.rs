@@ -18,6 +18,7 @@ use crate::bus::EventTx;
 use crate::proto::event::{ConnId, Dir, Event, EventKind};
 use crate::proto::inject::{self, Injected};
 use crate::proto::session::{RelayEnd, StreamEnd};
+use crate::proto::simulate::IdleRule;
 use crate::proto::stream::{Stop, StreamTap};
 
 /// Once one side has closed its half, the other gets this long without
@@ -99,18 +100,6 @@ pub fn controls() -> (Controls, Inboxes) {
     )
 }
 
-/// Cut the connection (no close frame, as a load balancer does) after a
-/// silence of `after`.
-#[derive(Debug, Clone)]
-pub struct IdleCut {
-    pub after: Duration,
-    /// Count client-to-server traffic as activity (an idle timeout); when
-    /// false only upstream data counts (nginx's `proxy_read_timeout`).
-    pub count_client: bool,
-    /// Who is being imitated, for the close detail.
-    pub label: String,
-}
-
 /// Relay behaviour beyond forwarding.
 #[derive(Debug, Clone, Default)]
 pub struct RelayOptions {
@@ -121,7 +110,9 @@ pub struct RelayOptions {
     /// Close with 1002 on a protocol violation instead of relaying on.
     pub strict: bool,
     pub max_preview: usize,
-    pub idle_cut: Option<IdleCut>,
+    /// Cut the connection (no close frame, as a load balancer does) after
+    /// a silence.
+    pub idle_cut: Option<IdleRule>,
 }
 
 /// Both sides of an upgraded connection.

@@ -219,6 +219,23 @@ impl Connector {
                 tls: None,
             });
         }
+        let (io, info) = self.tls_handshake(tcp, ep, deadline).await?;
+        Ok(Connected {
+            io,
+            addr,
+            resolved: addrs,
+            tls: Some(info),
+        })
+    }
+
+    /// The TLS layer over an open TCP connection, by `deadline`; public so
+    /// `check` can walk the layers one at a time.
+    pub async fn tls_handshake(
+        &self,
+        tcp: TcpStream,
+        ep: &Endpoint,
+        deadline: Instant,
+    ) -> Result<(BoxIo, TlsInfo), UpstreamFailure> {
         let auth = authority(&ep.host, ep.port);
         let name = server_name(&ep.host).map_err(|detail| UpstreamFailure::Tls {
             addr: auth.clone(),
@@ -262,15 +279,11 @@ impl Connector {
                 .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
                 .unwrap_or_default(),
         };
-        Ok(Connected {
-            io: Box::new(stream),
-            addr,
-            resolved: addrs,
-            tls: Some(info),
-        })
+        Ok((Box::new(stream), info))
     }
 
-    async fn resolve(
+    /// The DNS layer: the addresses of `ep` (an IP literal needs no lookup).
+    pub async fn resolve(
         &self,
         ep: &Endpoint,
         deadline: Instant,
@@ -301,7 +314,8 @@ impl Connector {
         }
     }
 
-    async fn tcp(
+    /// The TCP layer: the first of `addrs` that accepts, by `deadline`.
+    pub async fn tcp(
         &self,
         addrs: &[SocketAddr],
         ep: &Endpoint,

@@ -1356,6 +1356,7 @@ mod tests {
                     client_response: with_views
                         .then(|| resp(200, "OK", &[("Content-Type", "text/plain")])),
                     upstream_addr: None,
+                    rewrites: Vec::new(),
                 }),
             )
         };

@@ -6,6 +6,7 @@
 //! writes how many events were dropped as `dropped` events.
 
 pub mod collect;
+pub mod frame_json;
 pub mod har;
 pub mod ndjson;
 pub mod terminal;
@@ -245,6 +246,7 @@ mod tests {
                 }),
                 client_response: None,
                 upstream_addr: None,
+                rewrites: Vec::new(),
             }),
         )
     }

@@ -12,6 +12,7 @@ use crate::proto::event::{
     ConnId, Dir, Encoding, Event, EventKind, Finding, FrameEvent, Handshake, RequestView,
     ResponseView, Severity,
 };
+use crate::proto::frame::Opcode;
 
 struct Style {
     on: bool,
@@ -201,7 +202,9 @@ fn frame_line(f: &FrameEvent, st: &Style) -> String {
     } else {
         format!(" [{}]", flags.join(" "))
     };
-    let body = if let Some(code) = f.close_code {
+    let body = if f.opcode == Opcode::Close && f.close_code.is_none() && f.len == 0 {
+        "no status code (APIs report 1005 No Status Rcvd)".to_string()
+    } else if let Some(code) = f.close_code {
         let reason = f.close_reason.as_deref().unwrap_or("");
         let reason = if reason.is_empty() {
             String::new()

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -43,23 +44,40 @@ pub fn load_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>
 
 /// A client config for upstream connections.
 pub fn client_config(opts: &TrustOptions) -> Result<Arc<ClientConfig>, TlsError> {
-    let builder =
-        ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
-    let mut config = if opts.insecure {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnything(provider())))
-            .with_no_client_auth()
-    } else {
-        let mut roots = RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        for path in &opts.extra_roots {
-            for cert in load_certs(path)? {
-                roots.add(cert)?;
-            }
+    client_config_with_verifier(server_verifier(opts)?)
+}
+
+/// How certificates are judged under `opts`: the web PKI roots plus the
+/// extra ones, or nothing at all (`--insecure`). Separate from
+/// [`client_config`] so `check` can wrap it and still see a certificate
+/// that fails verification.
+pub fn server_verifier(opts: &TrustOptions) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+    if opts.insecure {
+        return Ok(Arc::new(AcceptAnything(provider())));
+    }
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for path in &opts.extra_roots {
+        for cert in load_certs(path)? {
+            roots.add(cert)?;
         }
-        builder.with_root_certificates(roots).with_no_client_auth()
-    };
+    }
+    // what `with_root_certificates` builds: no CRLs, the provider's algorithms
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map(|v| v as Arc<dyn ServerCertVerifier>)
+        .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))
+}
+
+/// A client config around `verifier`, with ALPN `http/1.1`.
+pub fn client_config_with_verifier(
+    verifier: Arc<dyn ServerCertVerifier>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -72,11 +72,19 @@ impl TestProxy {
             upstream.parse().expect("upstream URL"),
         );
         cfg.grace = Duration::from_millis(500);
+        cfg.insecure = trust.insecure;
         tweak(&mut cfg);
         let events = Collected::default();
         let (tx, rx) = bus::channel(bus::DEFAULT_CAPACITY, false);
         let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(CollectSink(events.clone()))];
         sinks.extend(extra);
+        // WSTAP_TEST_LOG=1 shows the human log of in-process proxies (with --nocapture)
+        if std::env::var_os("WSTAP_TEST_LOG").is_some() {
+            sinks.push(Box::new(wstap::sink::terminal::TerminalSink::new(
+                Box::new(std::io::stderr()),
+                false,
+            )));
+        }
         let dispatcher = spawn_dispatcher(rx, sinks).unwrap();
         let proxy = Proxy::bind(cfg, client_config(&trust).unwrap(), tx)
             .await
@@ -429,6 +437,8 @@ pub fn closed_port() -> (tokio::net::TcpSocket, u16) {
     (s, port)
 }
 
+pub mod chromium;
+pub mod deflate_echo;
 pub mod nginx;
 
 /// An echo upstream that accepts any request carrying `Sec-WebSocket-Key`
@@ -454,4 +464,196 @@ pub async fn lenient_echo() -> SocketAddr {
         echo::echo(ws).await;
     })
     .await
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let p = std::env::temp_dir().join(format!(
+            "wstap-test-{tag}-{}-{}-{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A CA made with rcgen for one test; its leaves are for 127.0.0.0/8
+/// servers the test starts.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub cert: rustls::pki_types::CertificateDer<'static>,
+    pub pem: String,
+}
+
+/// A leaf certificate and its key, as DER and PEM.
+pub struct TestLeaf {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert: rustls::pki_types::CertificateDer<'static>,
+    pub key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            pem: cert.pem(),
+            cert: cert.der().clone(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses).
+    pub fn leaf(&self, names: &[&str]) -> TestLeaf {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair};
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        TestLeaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert: cert.der().clone(),
+            key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        }
+    }
+
+    /// A server config serving a leaf for `names`.
+    pub fn server_config(&self, names: &[&str]) -> std::sync::Arc<rustls::ServerConfig> {
+        let leaf = self.leaf(names);
+        std::sync::Arc::new(wstap::tls::server::server_config(vec![leaf.cert], leaf.key).unwrap())
+    }
+
+    /// Writes the CA certificate as PEM into `dir`; returns its path.
+    pub fn write(&self, dir: &TempDir, name: &str) -> PathBuf {
+        let p = dir.path(name);
+        std::fs::write(&p, &self.pem).unwrap();
+        p
+    }
+
+    /// A client config that trusts this CA only.
+    pub fn client_config(&self) -> std::sync::Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert.clone()).unwrap();
+        let mut c = rustls::ClientConfig::builder_with_provider(wstap::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        std::sync::Arc::new(c)
+    }
+}
+
+/// Starts the echo upstream behind TLS; returns its address.
+pub async fn echo_server_tls(
+    tls: std::sync::Arc<rustls::ServerConfig>,
+    opts: EchoOptions,
+) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(echo::serve_tls(l, tls, opts));
+    addr
+}
+
+pub type TlsClientStream = tokio_rustls::client::TlsStream<TcpStream>;
+pub type Wss = WebSocketStream<TlsClientStream>;
+
+/// A TLS connection to `addr`, verifying the server as `name`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    name: &str,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+) -> std::io::Result<TlsClientStream> {
+    let tcp = within("TCP connect", TcpStream::connect(addr))
+        .await
+        .unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    within(
+        "TLS handshake",
+        tokio_rustls::TlsConnector::from(tls).connect(name, tcp),
+    )
+    .await
+}
+
+/// A tokio-tungstenite client over TLS through `addr` (wss://).
+pub async fn wss_client(
+    addr: SocketAddr,
+    name: &str,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    path: &str,
+) -> Wss {
+    let stream = tls_connect(addr, name, tls).await.expect("TLS handshake");
+    let req = format!("wss://{name}:{}{path}", addr.port())
+        .into_client_request()
+        .unwrap();
+    within(
+        "WebSocket handshake",
+        tokio_tungstenite::client_async_with_config(req, stream, Some(echo::unlimited())),
+    )
+    .await
+    .expect("handshake through the proxy")
+    .0
+}
+
+/// Sends a WebSocket upgrade request over plain TCP and returns the
+/// response status and body (for upgrades wstap answers itself).
+pub async fn upgrade_status(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = within("TCP connect", TcpStream::connect(addr))
+        .await
+        .unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    send(&mut s, req.as_bytes()).await;
+    let resp = String::from_utf8_lossy(&read_all(&mut s).await).into_owned();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, resp)
+}
+
+/// Reads an NDJSON event log; every line must parse.
+pub fn read_ndjson(path: &std::path::Path) -> Vec<Event> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+        .collect()
 }

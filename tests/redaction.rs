@@ -198,3 +198,37 @@ async fn show_secrets_turns_redaction_off() {
     assert!(!out.json.contains("<redacted"));
     assert!(out.har.contains("QUERYs3cr3t") && out.har.contains("AUTHs3cr3t"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_credential_is_forwarded_but_hidden_in_the_rewrite_notes() {
+    let (heads, out) = run(&[
+        "--set-request-header",
+        "Authorization: Bearer REWRITEs3cr3t",
+    ])
+    .await;
+    // the rule applies to what is forwarded...
+    assert!(
+        heads[0].contains("Authorization: Bearer REWRITEs3cr3t\r\n"),
+        "{}",
+        heads[0]
+    );
+    assert!(heads[1].contains("Authorization: Bearer REWRITEs3cr3t\r\n"));
+    // ...and no output shows the new value or the old one, notes included
+    for (name, text) in [
+        ("NDJSON", &out.json),
+        ("HAR", &out.har),
+        ("terminal", &out.stderr),
+    ] {
+        for s in SECRETS.iter().chain(&["REWRITEs3cr3t"]) {
+            assert!(!text.contains(s), "{name} output shows {s}:\n{text}");
+        }
+    }
+    assert!(
+        out.json.contains("header-rewritten")
+            && out.json.contains(
+                "set Authorization: Bearer <redacted 13 bytes> (was <redacted 17 bytes>)"
+            ),
+        "{}",
+        out.json
+    );
+}

@@ -17,7 +17,9 @@
 //!   (Kubernetes' `base64url.bearer.authorization.k8s.io.<token>`).
 //! - Query parameters with a secret's name (see [`is_secret_param`]) in
 //!   every request target, and a password in a URL's user info.
-//! - A finding's `observed`/`expected` when its `header` is one of the above.
+//! - A finding's `observed`/`expected` when its `header` is one of the above,
+//!   and the values of those headers in rewrite notes (`http` events'
+//!   `rewrites`, the `header-rewritten` finding).
 //!
 //! Not hidden: frame previews (a token sent inside a message is payload,
 //! and payload is what a WebSocket debugger shows), `Sec-WebSocket-Key`
@@ -221,6 +223,11 @@ fn response(v: &mut ResponseView) {
 }
 
 fn finding(f: &mut Finding) {
+    if f.code == "header-rewritten" {
+        if let Some(m) = rewritten_message(&f.message) {
+            f.message = m;
+        }
+    }
     let Some(h) = f.header.as_deref() else {
         return;
     };
@@ -235,6 +242,76 @@ fn finding(f: &mut Finding) {
             }
         }
     }
+}
+
+/// One rewrite note (`HttpExchange::rewrites`, see `proto::rewrite`) as
+/// outputs show it: a secret header's new and old values hidden. Notes read
+/// `request: added Name: value`, `request: set Name: value (was "old")`,
+/// `request: removed Name (set to an empty value; was "old")`.
+pub fn rewrite_note(note: &str) -> Cow<'_, str> {
+    let Some((side, rest)) = note.split_once(": ") else {
+        return Cow::Borrowed(note);
+    };
+    let (verb, rest) = match rest.split_once(' ') {
+        Some(x) => x,
+        None => return Cow::Borrowed(note),
+    };
+    match verb {
+        "added" | "set" => {
+            let Some((name, value)) = rest.split_once(": ") else {
+                return Cow::Borrowed(note);
+            };
+            if !is_secret_header(name) {
+                return Cow::Borrowed(note);
+            }
+            let (value, was) = match value.rfind(" (was ") {
+                Some(i) if verb == "set" && value.ends_with(')') => {
+                    (&value[..i], Some(&value[i + 6..value.len() - 1]))
+                }
+                _ => (value, None),
+            };
+            let mut out = format!("{side}: {verb} {name}: {}", header_value(name, value));
+            if let Some(old) = was {
+                out.push_str(&format!(" (was {})", hidden(old.trim_matches('"'))));
+            }
+            Cow::Owned(out)
+        }
+        "removed" => match rest.split_once(" (set to an empty value; was ") {
+            Some((name, old)) if is_secret_header(name) => Cow::Owned(format!(
+                "{side}: removed {name} (set to an empty value; was {})",
+                hidden(old.trim_end_matches(')').trim_matches('"'))
+            )),
+            _ => Cow::Borrowed(note),
+        },
+        _ => Cow::Borrowed(note),
+    }
+}
+
+/// The `header-rewritten` finding's message: the notes joined by `; `,
+/// each starting with its side (values may hold `; ` themselves).
+fn rewritten_message(message: &str) -> Option<String> {
+    let list = message.strip_prefix("wstap rewrote the handshake: ")?;
+    let mut notes: Vec<&str> = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while let Some(off) = list[i..].find("; ") {
+        let at = i + off;
+        let next = &list[at + 2..];
+        if next.starts_with("request: ") || next.starts_with("response: ") {
+            notes.push(&list[start..at]);
+            start = at + 2;
+        }
+        i = at + 2;
+    }
+    notes.push(&list[start..]);
+    let redacted: Vec<Cow<'_, str>> = notes.iter().map(|n| rewrite_note(n)).collect();
+    if redacted.iter().all(|n| matches!(n, Cow::Borrowed(_))) {
+        return None;
+    }
+    Some(format!(
+        "wstap rewrote the handshake: {}",
+        redacted.join("; ")
+    ))
 }
 
 /// Hides the credentials in one event, in place.
@@ -263,6 +340,11 @@ pub fn event(ev: &mut Event) {
             }
             if let Some(r) = x.client_response.as_mut() {
                 response(r);
+            }
+            for note in x.rewrites.iter_mut() {
+                if let Cow::Owned(n) = rewrite_note(note) {
+                    *note = n;
+                }
             }
         }
         EventKind::Finding(f) => finding(f),
@@ -346,6 +428,43 @@ mod tests {
         for name in ["room", "monkey", "keys", "page"] {
             assert!(!is_secret_param(name), "{name}");
         }
+    }
+
+    #[test]
+    fn rewrite_notes_hide_secret_values() {
+        assert_eq!(
+            rewrite_note("request: set Authorization: Bearer new1 (was \"Bearer old22\")"),
+            "request: set Authorization: Bearer <redacted 4 bytes> (was <redacted 12 bytes>)"
+        );
+        assert_eq!(
+            rewrite_note("request: added Cookie: a=1; b=22"),
+            "request: added Cookie: a=<redacted 1 bytes>; b=<redacted 2 bytes>"
+        );
+        assert_eq!(
+            rewrite_note("response: removed Set-Cookie (set to an empty value; was \"s=1\")"),
+            "response: removed Set-Cookie (set to an empty value; was <redacted 3 bytes>)"
+        );
+        for harmless in [
+            "request: set Origin: https://a.test (was \"https://b.test\")",
+            "request: removed Authorization",
+            "request: HTTP/1.0 -> HTTP/1.1",
+        ] {
+            assert!(
+                matches!(rewrite_note(harmless), Cow::Borrowed(_)),
+                "{harmless}"
+            );
+        }
+        let mut f = Finding::new(
+            "header-rewritten",
+            super::super::event::Severity::Info,
+            "wstap rewrote the handshake: request: added Cookie: a=1; b=2; request: set Origin: https://a.test (was \"x\")",
+            "h",
+        );
+        finding(&mut f);
+        assert_eq!(
+            f.message,
+            "wstap rewrote the handshake: request: added Cookie: a=<redacted 1 bytes>; b=<redacted 1 bytes>; request: set Origin: https://a.test (was \"x\")"
+        );
     }
 
     #[test]

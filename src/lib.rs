@@ -12,7 +12,8 @@
 //! socket bytes ──> relay ──(unchanged)──> peer socket
 //!                    │
 //!                    └─ copy ──> proto::stream (decoder, analysis) ──> Event
-//!                                     ──> bus (bounded) ──> sinks (terminal, ndjson)
+//!                                     ──> bus (bounded; waits, or drops and counts with --lossy-log)
+//!                                     ──> sink thread: proto::redact ──> sinks (terminal, ndjson, har)
 //! ```
 //!
 //! Layers, arrows pointing one way (`cli -> {check, diff, proxy, sink, tls} -> bus -> proto`):
@@ -22,7 +23,8 @@
 //! - [`proxy`]: the I/O shell: listener, upstream connector, HTTP
 //!   forwarding, the relay. It sends events; it never calls a sink.
 //! - [`bus`]: the bounded channel between them.
-//! - [`sink`]: outputs of the event stream, on their own thread.
+//! - [`sink`]: outputs of the event stream, on their own thread, which
+//!   hides credentials (`proto::redact`) before any output sees an event.
 //! - [`tls`]: rustls configuration for both sides, the local CA and the
 //!   per-host leaf certificates it signs.
 //! - [`check`]: `wstap check URL`, the layers walked one at a time with the

@@ -2,11 +2,13 @@
 //! client request and upstream response: no byte sequence makes them
 //! panic; a head cut short is "incomplete", never a different head; a
 //! parsed request serialises back to the same head; bytes after a head
-//! are never taken as part of it.
+//! are never taken as part of it. Redaction, which runs on every head's
+//! views, never panics either and leaves harmless values alone.
 
 use proptest::prelude::*;
 use wstap::proto::frame::Parsed;
 use wstap::proto::http::{parse_request_head, parse_response_head, RequestHead};
+use wstap::proto::redact;
 
 fn token() -> impl Strategy<Value = String> {
     "[A-Za-z][A-Za-z0-9-]{0,15}"
@@ -113,5 +115,64 @@ proptest! {
             let again = h.to_bytes();
             prop_assert_eq!(done_request(&again).map(|(h, _)| h), Some(h));
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn redaction_never_panics_and_only_touches_secrets(
+        target in "\\PC{0,80}",
+        name in prop_oneof![
+            Just("Authorization".to_string()),
+            Just("Cookie".to_string()),
+            Just("Set-Cookie".to_string()),
+            Just("Sec-WebSocket-Protocol".to_string()),
+            Just("X-Api-Key".to_string()),
+            token(),
+        ],
+        value in "\\PC{0,80}",
+        note in "\\PC{0,80}",
+    ) {
+        let t = redact::target(&target);
+        if !target.contains('?') && !target.contains('@') {
+            prop_assert_eq!(t.as_ref(), target.as_str());
+        }
+        let v = redact::header_value(&name, &value);
+        if !redact::is_secret_header(&name) && !name.eq_ignore_ascii_case("sec-websocket-protocol") {
+            prop_assert_eq!(v.as_ref(), value.as_str());
+        }
+        let _ = redact::rewrite_note(&note);
+        let _ = redact::rewrite_note(&format!("request: set {name}: {value} (was {note:?})"));
+    }
+}
+
+proptest! {
+    #[test]
+    fn a_secret_header_value_never_survives(
+        name in prop_oneof![
+            Just("Authorization"),
+            Just("proxy-authorization"),
+            Just("COOKIE"),
+            Just("Set-Cookie"),
+            Just("X-Api-Key"),
+            Just("x-auth-token"),
+        ],
+        scheme in proptest::option::of("[A-Za-z]{3,8}"),
+        secret in "[0-9A-F]{8,40}",
+        param in prop_oneof![Just("token"), Just("access_token"), Just("API_KEY"), Just("X-Amz-Signature")],
+    ) {
+        let value = match &scheme {
+            Some(s) => format!("{s} {secret}"),
+            None => secret.clone(),
+        };
+        let shown = redact::header_value(name, &value);
+        prop_assert!(!shown.contains(&secret), "{} -> {}", value, shown);
+        prop_assert!(shown.contains("<redacted "), "{}", shown);
+        let target = format!("/p?a=1&{param}={secret}&b=2");
+        let shown = redact::target(&target);
+        prop_assert!(!shown.contains(&secret), "{}", shown);
+        prop_assert!(shown.starts_with("/p?a=1&") && shown.ends_with("&b=2"));
     }
 }

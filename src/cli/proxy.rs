@@ -332,8 +332,9 @@ pub fn validate(args: ProxyArgs, matches: Option<&ArgMatches>) -> anyhow::Result
 }
 
 pub async fn run(args: ProxyArgs, matches: Option<&ArgMatches>) -> anyhow::Result<ExitCode> {
+    let stop = crate::cli::shutdown_signal();
     let running = start(validate(args, matches)?).await?;
-    crate::cli::shutdown_signal().await;
+    stop.await;
     running.stop().await?;
     Ok(ExitCode::SUCCESS)
 }

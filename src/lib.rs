@@ -41,3 +41,4 @@ pub mod proto;
 pub mod proxy;
 pub mod sink;
 pub mod tls;
+pub mod ui;

@@ -63,6 +63,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         config,
         sinks,
         trust: TrustOptions::default(),
+        ui: None,
     })
     .await?;
 

@@ -400,7 +400,7 @@ pub async fn start(run: ProxyRun) -> anyhow::Result<Running> {
     let live = match run.ui {
         Some(plan) => {
             let listener = ui::bind(plan.addr, plan.allow_remote).await?;
-            let view = ui::LiveView::start(listener, plan.store, proxy.shared());
+            let view = ui::LiveView::start(listener, plan.store, &proxy.shared());
             if !view.addr().ip().is_loopback() {
                 eprintln!("wstap: warning: the live view listens beyond loopback (--ui-allow-remote): whoever reaches it reads the traffic and can inject frames");
             }

@@ -5,7 +5,7 @@
 //! logged as `injected` like every frame wstap adds.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use base64::Engine;
@@ -43,10 +43,12 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 /// Live events sent in one chunk at most.
 const SSE_BATCH: usize = 256;
 
-/// What every request handler can reach.
+/// What every request handler can reach. The proxy is held weakly: its
+/// shared state owns the event sender, and the sinks (this view's store
+/// among them) only finish once every sender is gone.
 pub struct Ctx {
     pub store: Arc<Store>,
-    pub proxy: Arc<Shared>,
+    pub proxy: Weak<Shared>,
 }
 
 /// Answers one request that passed the guard.
@@ -290,15 +292,14 @@ struct ReplayReq {
     to: Option<Side>,
 }
 
-/// The control handles of an open WebSocket: `404` for a connection never
-/// seen, `409` for one that is not (or no longer) an open WebSocket.
-fn open_controls(ctx: &Ctx, id: u64) -> Result<Controls, ApiError> {
-    let open = ctx
-        .proxy
-        .open
-        .lock()
-        .ok()
-        .and_then(|m| m.get(&ConnId(id)).cloned());
+/// The control handles of an open WebSocket and the preview size for the
+/// frames sent through them: `404` for a connection never seen, `409` for
+/// one that is not (or no longer) an open WebSocket.
+fn open_controls(ctx: &Ctx, id: u64) -> Result<(Controls, usize), ApiError> {
+    let open = ctx.proxy.upgrade().and_then(|p| {
+        let c = p.open.lock().ok()?.get(&ConnId(id)).cloned()?;
+        Some((c, p.cfg.max_preview))
+    });
     if let Some(c) = open {
         return Ok(c);
     }
@@ -315,6 +316,13 @@ fn open_controls(ctx: &Ctx, id: u64) -> Result<Controls, ApiError> {
     }
 }
 
+fn still_open(ctx: &Ctx, id: u64) -> bool {
+    ctx.proxy
+        .upgrade()
+        .and_then(|p| p.open.lock().ok().map(|m| m.contains_key(&ConnId(id))))
+        .unwrap_or(false)
+}
+
 #[derive(Serialize)]
 struct Sent {
     written: bool,
@@ -329,7 +337,7 @@ async fn inject_route(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let id = parse_id(id)?;
-    let controls = open_controls(ctx, id)?;
+    let (controls, max_preview) = open_controls(ctx, id)?;
     let Some(body) = http::read_json::<InjectReq>(req, false).await? else {
         return Err(ApiError::bad("a JSON body is required"));
     };
@@ -343,14 +351,14 @@ async fn inject_route(
             (Opcode::Binary, bytes)
         }
     };
-    send_frame(ctx, &controls, body.to, opcode, payload).await
+    send_frame(&controls, max_preview, body.to, opcode, payload).await
 }
 
 /// Checks the size, hands the frame to the pump and waits (a little) to
 /// hear that it was written.
 async fn send_frame(
-    ctx: &Ctx,
     controls: &Controls,
+    max_preview: usize,
     to: Side,
     opcode: Opcode,
     payload: Vec<u8>,
@@ -376,13 +384,7 @@ async fn send_frame(
     }
     let dir = to.dir();
     let len = payload.len();
-    let frame = inject::frame(
-        dir,
-        opcode,
-        &payload,
-        relay::random_mask(),
-        ctx.proxy.cfg.max_preview,
-    );
+    let frame = inject::frame(dir, opcode, &payload, relay::random_mask(), max_preview);
     let (done, written) = oneshot::channel();
     hand_over(
         controls.toward(dir),
@@ -430,7 +432,7 @@ async fn close_route(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let id = parse_id(id)?;
-    let controls = open_controls(ctx, id)?;
+    let (controls, max_preview) = open_controls(ctx, id)?;
     let body = http::read_json::<CloseReq>(req, true)
         .await?
         .unwrap_or(CloseReq {
@@ -456,7 +458,7 @@ async fn close_route(
             body.code,
             &body.reason,
             relay::random_mask(),
-            ctx.proxy.cfg.max_preview,
+            max_preview,
         );
         hand_over(
             controls.toward(dir),
@@ -479,13 +481,7 @@ async fn close_route(
     // are done; answer once it has, or 202 if that takes long.
     let deadline = tokio::time::Instant::now() + WAIT_WRITTEN;
     loop {
-        let still_open = ctx
-            .proxy
-            .open
-            .lock()
-            .map(|m| m.contains_key(&ConnId(id)))
-            .unwrap_or(false);
-        if !still_open {
+        if !still_open(ctx, id) {
             return Ok(http::json(
                 StatusCode::OK,
                 &Closed {
@@ -568,7 +564,7 @@ async fn replay_route(
             ))
         }
     };
-    let controls = open_controls(ctx, id)?;
+    let (controls, max_preview) = open_controls(ctx, id)?;
     let body = http::read_json::<ReplayReq>(req, true)
         .await?
         .unwrap_or_default();
@@ -578,7 +574,7 @@ async fn replay_route(
         Dir::ClientToServer => Side::Server,
         Dir::ServerToClient => Side::Client,
     });
-    send_frame(ctx, &controls, to, stored.frame.opcode, payload).await
+    send_frame(&controls, max_preview, to, stored.frame.opcode, payload).await
 }
 
 /// `GET /api/events`: every event as it happens, one SSE message each

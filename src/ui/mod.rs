@@ -78,13 +78,18 @@ pub struct LiveView {
 
 impl LiveView {
     /// Serves the page and the API on `listener`, reading `store` and
-    /// acting on `proxy`'s open connections.
-    pub fn start(listener: TcpListener, store: Arc<Store>, proxy: Arc<Shared>) -> LiveView {
+    /// acting on `proxy`'s open connections. It keeps only a weak handle on
+    /// the proxy, so the event stream can end (and the store hear of it)
+    /// while the view still serves.
+    pub fn start(listener: TcpListener, store: Arc<Store>, proxy: &Arc<Shared>) -> LiveView {
         let addr = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
         let guard = http::Guard::new(addr);
-        let ctx = Arc::new(api::Ctx { store, proxy });
+        let ctx = Arc::new(api::Ctx {
+            store,
+            proxy: Arc::downgrade(proxy),
+        });
         let task = tokio::spawn(accept_loop(listener, guard, ctx));
         LiveView { addr, task }
     }

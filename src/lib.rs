@@ -12,10 +12,10 @@
 //! socket bytes ──> relay ──(unchanged)──> peer socket
 //!                    │
 //!                    └─ copy ──> proto::stream (decoder, analysis) ──> Event
-//!                                     ──> bus (bounded) ──> sinks (terminal, ndjson)
+//!                                     ──> bus (bounded) ──> sinks (terminal, ndjson, har, live view)
 //! ```
 //!
-//! Layers, arrows pointing one way (`cli -> {proxy, sink, tls} -> bus -> proto`):
+//! Layers, arrows pointing one way (`cli -> ui -> {proxy, sink, tls} -> bus -> proto`):
 //!
 //! - [`proto`]: pure protocol code (no I/O, no clock): events, frames, the
 //!   incremental decoder, HTTP heads, handshake analysis, session summaries.
@@ -25,11 +25,15 @@
 //! - [`sink`]: outputs of the event stream, on their own thread.
 //! - [`tls`]: rustls configuration for both sides, the local CA and the
 //!   per-host leaf certificates it signs.
+//! - [`ui`]: the live view (`--ui`): a bounded store fed as a sink, and an
+//!   HTTP server with the page and its API; frames it sends reach the relay
+//!   through the proxy's control handles.
 //! - [`cli`]: argument parsing, validation into configs, wiring.
 //!
 //! Non-goals: HTTP/2 and HTTP/3 (WebSockets over h2, RFC 8441, are rare in
 //! practice and browsers fall back to HTTP/1.1); changing frames in flight
-//! (wstap rewrites handshakes only, so what you debug is what runs);
+//! (wstap rewrites handshakes only, so what you debug is what runs; the
+//! live view may add whole frames between the peers', never alter theirs);
 //! storing whole messages (previews are capped, the relay streams).
 
 #![forbid(unsafe_code)]

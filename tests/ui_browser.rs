@@ -219,13 +219,13 @@ async fn the_page_follows_filters_and_injects_live() {
     // a viewport tall enough to show the whole view at once
     cdp.call(
         "Emulation.setDeviceMetricsOverride",
-        serde_json::json!({"width": 1360, "height": 1180, "deviceScaleFactor": 1, "mobile": false}),
+        serde_json::json!({"width": 1360, "height": 1240, "deviceScaleFactor": 1, "mobile": false}),
     )
     .await
     .expect("Emulation.setDeviceMetricsOverride");
     cdp.wait_for(
         "the frame list to fill the taller view",
-        "document.getElementById('frames-viewport').getBoundingClientRect().bottom < 1180",
+        "document.getElementById('frames-viewport').getBoundingClientRect().bottom < 1240",
     )
     .await;
     let tmp = TempDir::new("ui-browser");

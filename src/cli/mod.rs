@@ -22,6 +22,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start-up; boxing would buy nothing
 pub enum Command {
     /// Run the proxy in front of an upstream.
     Proxy(proxy::ProxyArgs),

@@ -344,11 +344,9 @@ impl Store {
 
     /// Takes one event in; returns the frame's number for frame events.
     pub fn record(&self, ev: &Event) -> Option<u64> {
+        let id = ev.conn.map(|c| c.0)?;
         let mut g = self.lock();
         let inner = &mut *g;
-        let Some(id) = ev.conn.map(|c| c.0) else {
-            return None;
-        };
         let mut n = None;
         match &ev.kind {
             EventKind::Handshake(h) => {

@@ -749,3 +749,55 @@ async fn the_binary_serves_the_live_view_on_loopback_only() {
     let (status, _) = bin.terminate().await;
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn findings_point_at_the_offending_frame() {
+    use common::{read_head, scripted_upstream, send};
+    // an upstream that masks its frame (servers must not, RFC 6455 §5.1)
+    let up = scripted_upstream(|mut s| async move {
+        let head = String::from_utf8_lossy(&read_head(&mut s).await).into_owned();
+        let key = head
+            .lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.trim()
+                    .eq_ignore_ascii_case("sec-websocket-key")
+                    .then(|| v.trim().to_string())
+            })
+            .unwrap_or_default();
+        let resp = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            wstap::proto::handshake::accept_key(&key)
+        );
+        send(&mut s, resp.as_bytes()).await;
+        send(&mut s, &[0x81, 0x02, b'o', b'k']).await;
+        let mask = [1u8, 2, 3, 4];
+        let mut frame = vec![0x81, 0x80 | 5, 1, 2, 3, 4];
+        frame.extend(b"hello".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        send(&mut s, &frame).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    })
+    .await;
+    let p = UiProxy::start(&format!("ws://{up}")).await;
+    let (_ws, id) = echo_conn(&p, "/masked").await;
+    let c = wait_frames(&p, id, 2).await;
+    assert_eq!(c["severity"], "error");
+    assert!(c["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["code"] == "protocol-violation"
+            && f["hint"].as_str().is_some_and(|h| !h.is_empty())));
+    let r = p
+        .get(&format!("/api/connections/{id}/frames?findings=1"))
+        .await;
+    assert_eq!(r.header("x-total-count"), Some("1"), "{}", r.text());
+    let flagged = r.json();
+    assert_eq!(flagged[0]["n"], 1);
+    assert_eq!(flagged[0]["preview"], "hello");
+    assert_eq!(flagged[0]["masked"], true);
+    assert_eq!(flagged[0]["findings"], json!(["protocol-violation"]));
+    let all = p.get(&format!("/api/connections/{id}/frames")).await.json();
+    assert!(all[0].get("findings").is_none(), "{all}");
+    p.stop().await;
+}

@@ -127,7 +127,7 @@ function renderConns() {
     const tr = el('tr', {
       tabindex: '0',
       'data-conn-id': String(c.id),
-      'aria-selected': c.id === state.selected ? 'true' : 'false',
+      'aria-current': c.id === state.selected ? 'true' : null,
     },
       el('td', { class: 'num', text: String(c.id) }),
       el('td', { class: 'path', title: c.target, text: c.path || '(none)' }),

@@ -53,13 +53,19 @@ impl UiProxy {
             Box::new(UiSink(store.clone())),
         ];
         let dispatcher = spawn_dispatcher(rx, sinks).unwrap();
-        let proxy = Proxy::bind(cfg, client_config(&TrustOptions::default()).unwrap(), tx)
-            .await
-            .unwrap();
+        let proxy = within(
+            "binding the proxy",
+            Proxy::bind(cfg, client_config(&TrustOptions::default()).unwrap(), tx),
+        )
+        .await
+        .unwrap();
         let addr = proxy.local_addr();
-        let listener = wstap::ui::bind("127.0.0.1:0".parse().unwrap(), false)
-            .await
-            .unwrap();
+        let listener = within(
+            "binding the live view",
+            wstap::ui::bind("127.0.0.1:0".parse().unwrap(), false),
+        )
+        .await
+        .unwrap();
         let view = LiveView::start(listener, store.clone(), &proxy.shared());
         let ui = view.addr();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -13,10 +13,10 @@
 //!                    │
 //!                    └─ copy ──> proto::stream (decoder, analysis) ──> Event
 //!                                     ──> bus (bounded; waits, or drops and counts with --lossy-log)
-//!                                     ──> sink thread: proto::redact ──> sinks (terminal, ndjson, har)
+//!                                     ──> sink thread: proto::redact ──> sinks (terminal, ndjson, har, live view)
 //! ```
 //!
-//! Layers, arrows pointing one way (`cli -> {check, diff, proxy, sink, tls} -> bus -> proto`):
+//! Layers, arrows pointing one way (`cli -> {check, diff, ui} -> {proxy, sink, tls} -> bus -> proto`):
 //!
 //! - [`proto`]: pure protocol code (no I/O, no clock): events, frames, the
 //!   incremental decoder, HTTP heads, handshake analysis, session summaries.
@@ -31,11 +31,15 @@
 //!   proxy's connector and the same analysis.
 //! - [`diff`]: `wstap diff`, two taps' NDJSON logs paired by key and the
 //!   hop's changes judged by the same analysis.
+//! - [`ui`]: the live view (`--ui`): a bounded store fed as a sink, and an
+//!   HTTP server with the page and its API; frames it sends reach the relay
+//!   through the proxy's control handles.
 //! - [`cli`]: argument parsing, validation into configs, wiring.
 //!
 //! Non-goals: HTTP/2 and HTTP/3 (WebSockets over h2, RFC 8441, are rare in
 //! practice and browsers fall back to HTTP/1.1); changing frames in flight
-//! (wstap rewrites handshakes only, so what you debug is what runs);
+//! (wstap rewrites handshakes only, so what you debug is what runs; the
+//! live view may add whole frames between the peers', never alter theirs);
 //! storing whole messages (previews are capped, the relay streams).
 
 #![forbid(unsafe_code)]
@@ -49,3 +53,4 @@ pub mod proto;
 pub mod proxy;
 pub mod sink;
 pub mod tls;
+pub mod ui;

@@ -64,6 +64,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         sinks,
         trust: TrustOptions::default(),
         outputs: Default::default(),
+        ui: None,
     })
     .await?;
 

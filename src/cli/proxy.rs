@@ -25,6 +25,7 @@ use crate::tls::client::{client_config, TrustOptions};
 use crate::tls::leaf::LeafMinter;
 use crate::tls::server::Interceptor;
 use crate::tls::server::ListenerTls;
+use crate::ui;
 
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
@@ -144,6 +145,14 @@ pub struct ProxyArgs {
     /// Do not verify upstream certificates (for debugging only; each connection gets a tls-verification-disabled finding).
     #[arg(long)]
     pub insecure: bool,
+    /// Serve the live view (a page and its HTTP API) on ADDR, e.g.
+    /// 127.0.0.1:9001; port 0 picks a free one (printed on stderr).
+    #[arg(long, value_name = "ADDR")]
+    pub ui: Option<String>,
+    /// Let --ui listen beyond loopback. Whoever reaches it reads the traffic
+    /// and can inject frames and close connections: trusted networks only.
+    #[arg(long, requires = "ui")]
+    pub ui_allow_remote: bool,
 }
 
 /// Turns `--listen` into one address (names like `localhost:9000` resolve).
@@ -164,6 +173,8 @@ pub struct ProxyRun {
     pub trust: TrustOptions,
     /// `--lossy-log` and `--show-secrets`.
     pub outputs: Outputs,
+    /// `--ui`: where to serve the live view, and its store (already a sink).
+    pub ui: Option<UiPlan>,
 }
 
 /// How events reach the outputs.
@@ -171,6 +182,37 @@ pub struct ProxyRun {
 pub struct Outputs {
     pub lossy: bool,
     pub show_secrets: bool,
+}
+
+/// The live view to start with the proxy.
+pub struct UiPlan {
+    pub addr: SocketAddr,
+    pub allow_remote: bool,
+    pub store: Arc<ui::Store>,
+}
+
+impl UiPlan {
+    /// Checks `--ui ADDR`, makes the store and adds its sink to `sinks`.
+    fn new(addr: &str, allow_remote: bool, sinks: &mut Vec<Box<dyn Sink>>) -> anyhow::Result<Self> {
+        let addr: SocketAddr = match addr.parse() {
+            Ok(a) => a,
+            Err(_) => addr
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .with_context(|| {
+                    format!("--ui {addr:?}: expected an address like 127.0.0.1:9001")
+                })?,
+        };
+        ui::check_addr(addr, allow_remote)?;
+        let store = ui::Store::new(ui::Limits::default());
+        sinks.push(Box::new(ui::UiSink(store.clone())));
+        Ok(UiPlan {
+            addr,
+            allow_remote,
+            store,
+        })
+    }
 }
 
 /// The rewrite flags and rules files, in the order they were given.
@@ -320,6 +362,10 @@ pub fn validate(args: ProxyArgs, matches: Option<&ArgMatches>) -> anyhow::Result
         // the taps attach each frame's payload to its event for the HAR
         config.capture = har::capture_for(args.har_max_payload);
     }
+    let ui = match &args.ui {
+        Some(addr) => Some(UiPlan::new(addr, args.ui_allow_remote, &mut sinks)?),
+        None => None,
+    };
     Ok(ProxyRun {
         outputs: Outputs {
             lossy: args.lossy_log,
@@ -328,6 +374,7 @@ pub fn validate(args: ProxyArgs, matches: Option<&ArgMatches>) -> anyhow::Result
         config,
         sinks,
         trust,
+        ui,
     })
 }
 
@@ -387,6 +434,18 @@ pub async fn start(run: ProxyRun) -> anyhow::Result<Running> {
     if let Some(w) = crate::proxy::allow::exposure_warning(addr, &allow) {
         eprintln!("wstap: {w}");
     }
+    let live = match run.ui {
+        Some(plan) => {
+            let listener = ui::bind(plan.addr, plan.allow_remote).await?;
+            let view = ui::LiveView::start(listener, plan.store, &proxy.shared());
+            if !view.addr().ip().is_loopback() {
+                eprintln!("wstap: warning: the live view listens beyond loopback (--ui-allow-remote): whoever reaches it reads the traffic and can inject frames");
+            }
+            eprintln!("wstap: live view on http://{}/", view.addr());
+            Some(view)
+        }
+        None => None,
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         proxy
@@ -399,6 +458,8 @@ pub async fn start(run: ProxyRun) -> anyhow::Result<Running> {
         let joined = tokio::task::spawn_blocking(move || dispatcher.join())
             .await
             .context("waiting for the output thread")?;
+        // the live view outlives the proxy until its stream has ended
+        drop(live);
         if joined.is_err() {
             bail!("the output thread panicked");
         }

@@ -240,6 +240,12 @@ impl Proxy {
         self.addr
     }
 
+    /// The state the connection tasks share: the live view reaches open
+    /// WebSockets' control handles through it.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
     /// Accepts connections until `shutdown` resolves, then gives open
     /// connections the grace period before dropping them.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {

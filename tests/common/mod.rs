@@ -437,9 +437,11 @@ pub fn closed_port() -> (tokio::net::TcpSocket, u16) {
     (s, port)
 }
 
+pub mod cdp;
 pub mod chromium;
 pub mod deflate_echo;
 pub mod nginx;
+pub mod ui;
 
 /// An echo upstream that accepts any request carrying `Sec-WebSocket-Key`
 /// with a 101, whatever else a hop stripped (as lenient servers do), then

@@ -26,7 +26,6 @@ pub struct Cli {
 // One value, parsed once at start-up: boxing the big variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
-#[allow(clippy::large_enum_variant)] // parsed once at start-up; boxing would buy nothing
 pub enum Command {
     /// Run the proxy in front of an upstream.
     Proxy(proxy::ProxyArgs),

@@ -26,19 +26,17 @@ async fn only_listed_peers_get_through_and_refusals_are_logged() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("events.jsonl");
     let upstream = format!("ws://{echo}");
-    let proxy = BinProxy::start(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
+    let proxy = BinProxy::reverse(
         &upstream,
-        "--json",
-        log.to_str().unwrap(),
-        "--allow",
-        "127.0.0.2/32",
-        "--allow",
-        "10.0.0.0/8",
-    ])
+        &[
+            "--json",
+            log.to_str().unwrap(),
+            "--allow",
+            "127.0.0.2/32",
+            "--allow",
+            "10.0.0.0/8",
+        ],
+    )
     .await;
     assert!(
         !proxy.stderr().contains("beyond loopback"),

@@ -27,17 +27,7 @@ async fn json_log_is_on_disk_while_running_and_complete_at_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("events.jsonl");
     let upstream = format!("ws://{echo}");
-    let proxy = BinProxy::start(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &upstream,
-        "--json",
-        log.to_str().unwrap(),
-        "--quiet",
-    ])
-    .await;
+    let proxy = BinProxy::reverse(&upstream, &["--json", log.to_str().unwrap(), "--quiet"]).await;
     assert!(
         proxy
             .stderr()
@@ -94,17 +84,7 @@ async fn json_log_is_on_disk_while_running_and_complete_at_sigterm() {
 async fn json_to_stdout_and_quiet_stderr() {
     let echo = echo_server(EchoOptions::default()).await;
     let upstream = format!("ws://{echo}");
-    let proxy = BinProxy::start(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &upstream,
-        "--json",
-        "-",
-        "--quiet",
-    ])
-    .await;
+    let proxy = BinProxy::reverse(&upstream, &["--json", "-", "--quiet"]).await;
     let (mut ws, _) = ws_client(proxy.addr, "/echo", &[]).await;
     ws.send(Message::text("to stdout")).await.unwrap();
     within("echo", ws.next()).await.unwrap().unwrap();

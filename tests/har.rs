@@ -464,20 +464,18 @@ async fn sigterm_mid_connection_leaves_a_complete_har() {
     let echo = echo_server(EchoOptions::default()).await;
     let upstream = format!("ws://{echo}");
     let path_s = path.to_str().unwrap().to_string();
-    let bin = BinProxy::start(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
+    let bin = BinProxy::reverse(
         &upstream,
-        "--har",
-        &path_s,
-        "--har-max-payload",
-        "1000",
-        "--grace",
-        "300ms",
-        "--quiet",
-    ])
+        &[
+            "--har",
+            &path_s,
+            "--har-max-payload",
+            "1000",
+            "--grace",
+            "300ms",
+            "--quiet",
+        ],
+    )
     .await;
     let (mut ws, _) = ws_client(bin.addr, "/live", &[]).await;
     let sent = ["first", "second", "third"];

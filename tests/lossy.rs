@@ -17,18 +17,7 @@ use wstap::proto::event::{Event, EventKind};
 async fn a_stuck_output_drops_and_counts_instead_of_stalling_the_relay() {
     let echo = echo_server(EchoOptions::default()).await;
     let upstream = format!("ws://{echo}");
-    let mut proxy = BinProxy::start(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &upstream,
-        "--json",
-        "-",
-        "--quiet",
-        "--lossy-log",
-    ])
-    .await;
+    let mut proxy = BinProxy::reverse(&upstream, &["--json", "-", "--quiet", "--lossy-log"]).await;
     let mut stdout = proxy.child.stdout.take().unwrap();
 
     // far more events than the queue (8192) and the pipe (64 KiB) hold

@@ -176,20 +176,18 @@ async fn a_storm_of_failing_connections_leaves_no_fd_behind() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("events.jsonl");
     let upstream = format!("ws://{up}");
-    let proxy = BinProxy::start(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
+    let proxy = BinProxy::reverse(
         &upstream,
-        "--json",
-        log.to_str().unwrap(),
-        "--quiet",
-        "--header-timeout",
-        "1s",
-        "--handshake-timeout",
-        "1s",
-    ])
+        &[
+            "--json",
+            log.to_str().unwrap(),
+            "--quiet",
+            "--header-timeout",
+            "1s",
+            "--handshake-timeout",
+            "1s",
+        ],
+    )
     .await;
     let pid = proxy.child.id().unwrap();
     let fds_before = fd_count(pid);
@@ -282,15 +280,7 @@ async fn a_reader_that_does_not_read_makes_the_sender_wait_while_1_gib_goes_thro
     })
     .await;
     let upstream = format!("ws://{up}");
-    let proxy = BinProxy::start(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &upstream,
-        "--quiet",
-    ])
-    .await;
+    let proxy = BinProxy::reverse(&upstream, &["--quiet"]).await;
     let pid = proxy.child.id().unwrap();
 
     let mut c = within("connect", TcpStream::connect(proxy.addr))

@@ -403,17 +403,7 @@ async fn idle_timeout_cuts_an_idle_connection_but_not_a_busy_one() {
 async fn the_binary_announces_a_simulation() {
     let echo = echo_server(EchoOptions::default()).await;
     let upstream = format!("ws://{echo}");
-    let p = BinProxy::start(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &upstream,
-        "--simulate",
-        "cloudflare",
-        "--quiet",
-    ])
-    .await;
+    let p = BinProxy::reverse(&upstream, &["--simulate", "cloudflare", "--quiet"]).await;
     let (status, err) = p.terminate().await;
     assert!(status.success());
     assert!(

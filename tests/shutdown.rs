@@ -56,18 +56,10 @@ async fn sigterm_mid_traffic_loses_no_relayed_frame() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("events.jsonl");
     let upstream = format!("ws://{up}");
-    let proxy = BinProxy::start(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
+    let proxy = BinProxy::reverse(
         &upstream,
-        "--json",
-        log.to_str().unwrap(),
-        "--quiet",
-        "--grace",
-        "3s",
-    ])
+        &["--json", log.to_str().unwrap(), "--quiet", "--grace", "3s"],
+    )
     .await;
 
     // several connections, each with many messages in flight
@@ -199,18 +191,16 @@ async fn a_connection_stuck_on_a_reader_that_does_not_read_still_gets_its_close_
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("events.jsonl");
     let upstream = format!("ws://{up}");
-    let proxy = BinProxy::start(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
+    let proxy = BinProxy::reverse(
         &upstream,
-        "--json",
-        log.to_str().unwrap(),
-        "--quiet",
-        "--grace",
-        "500ms",
-    ])
+        &[
+            "--json",
+            log.to_str().unwrap(),
+            "--quiet",
+            "--grace",
+            "500ms",
+        ],
+    )
     .await;
     let (ws, _) = ws_client(proxy.addr, "/stuck", &[]).await;
     let _held = within("the upstream socket", held_rx.recv()).await.unwrap();
@@ -284,18 +274,16 @@ async fn idle_keepalive_and_unanswered_requests_get_close_events_at_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("events.jsonl");
     let upstream = format!("http://{up}");
-    let proxy = BinProxy::start(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
+    let proxy = BinProxy::reverse(
         &upstream,
-        "--json",
-        log.to_str().unwrap(),
-        "--quiet",
-        "--grace",
-        "300ms",
-    ])
+        &[
+            "--json",
+            log.to_str().unwrap(),
+            "--quiet",
+            "--grace",
+            "300ms",
+        ],
+    )
     .await;
     // a browser-like keep-alive connection, idle after one request
     let mut idle = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();

@@ -349,18 +349,16 @@ async fn the_binary_trusts_upstream_ca_files_and_warns_about_insecure() {
     let upstream = format!("wss://{echo}");
 
     let log = tmp.path("trusted.ndjson");
-    let bin = BinProxy::start(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
+    let bin = BinProxy::reverse(
         &upstream,
-        "--upstream-ca",
-        ca_file.to_str().unwrap(),
-        "--json",
-        log.to_str().unwrap(),
-        "--quiet",
-    ])
+        &[
+            "--upstream-ca",
+            ca_file.to_str().unwrap(),
+            "--json",
+            log.to_str().unwrap(),
+            "--quiet",
+        ],
+    )
     .await;
     let (mut ws, _) = ws_client(bin.addr, "/echo", &[]).await;
     exchange(&mut ws).await;
@@ -375,17 +373,10 @@ async fn the_binary_trusts_upstream_ca_files_and_warns_about_insecure() {
     // without the CA the same upstream is refused; with --insecure it
     // passes, with a warning at start and a finding per connection
     let log = tmp.path("insecure.ndjson");
-    let bin = BinProxy::start(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
+    let bin = BinProxy::reverse(
         &upstream,
-        "--insecure",
-        "--json",
-        log.to_str().unwrap(),
-        "--quiet",
-    ])
+        &["--insecure", "--json", log.to_str().unwrap(), "--quiet"],
+    )
     .await;
     for _ in 0..2 {
         let (mut ws, _) = ws_client(bin.addr, "/echo", &[]).await;

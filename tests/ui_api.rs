@@ -693,16 +693,7 @@ async fn the_binary_serves_the_live_view_on_loopback_only() {
     assert_eq!(code, 2);
     assert!(err.contains("--ui-allow-remote"), "{err}");
 
-    let bin = BinProxy::start(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &up,
-        "--ui",
-        "127.0.0.1:0",
-    ])
-    .await;
+    let bin = BinProxy::reverse(&up, &["--ui", "127.0.0.1:0"]).await;
     let deadline = tokio::time::Instant::now() + common::STEP;
     let ui: std::net::SocketAddr = loop {
         let err = bin.stderr();

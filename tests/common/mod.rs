@@ -382,6 +382,13 @@ impl BinProxy {
         }
     }
 
+    /// Starts `wstap proxy --listen 127.0.0.1:0 --upstream URL <extra>`.
+    pub async fn reverse(upstream: &str, extra: &[&str]) -> BinProxy {
+        let mut args = vec!["proxy", "--listen", "127.0.0.1:0", "--upstream", upstream];
+        args.extend_from_slice(extra);
+        Self::start(&args).await
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr_lines.lock().unwrap().join("\n")
     }

@@ -277,7 +277,7 @@ fn assert_not_blank(path: &std::path::Path) {
 }
 
 fn synthetic(id: u64, n: usize) -> wstap::proto::event::Event {
-    use wstap::proto::event::{ConnId, Dir, Encoding, Event, EventKind, FrameEvent};
+    use wstap::proto::event::{ConnId, Dir, Event, EventKind, FrameEvent};
     let from = if n % 2 == 0 {
         Dir::ClientToServer
     } else {
@@ -288,24 +288,9 @@ fn synthetic(id: u64, n: usize) -> wstap::proto::event::Event {
         std::time::SystemTime::now(),
         ConnId(id),
         EventKind::Frame(FrameEvent {
-            from,
-            opcode: wstap::proto::frame::Opcode::Text,
-            fin: true,
-            rsv1: false,
-            rsv2: false,
-            rsv3: false,
-            masked: from == Dir::ClientToServer,
             len: text.len() as u64,
             preview: text,
-            encoding: Encoding::Utf8,
-            truncated: false,
-            compressed: false,
-            close_code: None,
-            close_name: None,
-            close_reason: None,
-            injected: false,
-            note: None,
-            payload: None,
+            ..FrameEvent::new(from, wstap::proto::frame::Opcode::Text, 0)
         }),
     )
 }

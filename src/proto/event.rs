@@ -181,6 +181,34 @@ pub struct FrameEvent {
     pub payload: Option<Vec<u8>>,
 }
 
+impl FrameEvent {
+    /// A final frame of `len` bytes, masked when it comes from the client,
+    /// with no preview and every other flag clear; set the rest with
+    /// struct-update syntax.
+    pub fn new(from: Dir, opcode: Opcode, len: u64) -> Self {
+        FrameEvent {
+            from,
+            opcode,
+            fin: true,
+            rsv1: false,
+            rsv2: false,
+            rsv3: false,
+            masked: from == Dir::ClientToServer,
+            len,
+            preview: String::new(),
+            encoding: Encoding::Utf8,
+            truncated: false,
+            compressed: false,
+            close_code: None,
+            close_name: None,
+            close_reason: None,
+            injected: false,
+            note: None,
+            payload: None,
+        }
+    }
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }

@@ -50,24 +50,11 @@ pub fn frame(
         preview::render(shown, opcode == Opcode::Text, shown.len() < payload.len())
     };
     let mut event = FrameEvent {
-        from: dir,
-        opcode,
-        fin: true,
-        rsv1: false,
-        rsv2: false,
-        rsv3: false,
-        masked,
-        len: payload.len() as u64,
         preview: text,
         encoding,
         truncated: shown.len() < payload.len(),
-        compressed: false,
-        close_code: None,
-        close_name: None,
-        close_reason: None,
         injected: true,
-        note: None,
-        payload: None,
+        ..FrameEvent::new(dir, opcode, payload.len() as u64)
     };
     if opcode == Opcode::Close && payload.len() >= 2 {
         let code = u16::from_be_bytes([payload[0], payload[1]]);

@@ -1038,7 +1038,7 @@ impl Serialize for MessageOut<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::event::{CloseSummary, Encoding, Listening};
+    use crate::proto::event::{CloseSummary, Listening};
     use serde_json::Value;
 
     const T0: u64 = 1_700_000_000;
@@ -1113,24 +1113,9 @@ mod tests {
             at(ms),
             ConnId(conn),
             EventKind::Frame(FrameEvent {
-                from,
-                opcode: op,
                 fin,
-                rsv1: false,
-                rsv2: false,
-                rsv3: false,
-                masked: from == Dir::ClientToServer,
-                len: body.len() as u64,
-                preview: String::new(),
-                encoding: Encoding::Utf8,
-                truncated: false,
-                compressed: false,
-                close_code: None,
-                close_name: None,
-                close_reason: None,
-                injected: false,
-                note: None,
                 payload: Some(body[..body.len().min(cap)].to_vec()),
+                ..FrameEvent::new(from, op, body.len() as u64)
             }),
         )
     }

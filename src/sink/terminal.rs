@@ -373,24 +373,12 @@ mod tests {
         let buf = Buf::default();
         let mut t = TerminalSink::new(Box::new(buf.clone()), false);
         let f = FrameEvent {
-            from: Dir::ServerToClient,
-            opcode: Opcode::Close,
-            fin: true,
-            rsv1: false,
-            rsv2: false,
-            rsv3: false,
-            masked: false,
-            len: 5,
             preview: "03e8627965".into(),
             encoding: Encoding::Hex,
-            truncated: false,
-            compressed: false,
             close_code: Some(1000),
             close_name: Some("Normal Closure".into()),
             close_reason: Some("bye".into()),
-            injected: false,
-            note: None,
-            payload: None,
+            ..FrameEvent::new(Dir::ServerToClient, Opcode::Close, 5)
         };
         t.event(&Event::conn(
             SystemTime::UNIX_EPOCH,

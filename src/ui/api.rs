@@ -665,24 +665,8 @@ mod tests {
 
     fn text(preview: &str, len: u64) -> FrameEvent {
         FrameEvent {
-            from: Dir::ClientToServer,
-            opcode: Opcode::Text,
-            fin: true,
-            rsv1: false,
-            rsv2: false,
-            rsv3: false,
-            masked: true,
-            len,
             preview: preview.into(),
-            encoding: Encoding::Utf8,
-            truncated: false,
-            compressed: false,
-            close_code: None,
-            close_name: None,
-            close_reason: None,
-            injected: false,
-            note: None,
-            payload: None,
+            ..FrameEvent::new(Dir::ClientToServer, Opcode::Text, len)
         }
     }
 

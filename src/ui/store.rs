@@ -617,7 +617,7 @@ pub fn contains_ignore_ascii_case(hay: &str, needle: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::event::{ConnId, Encoding, RequestView, ResponseView};
+    use crate::proto::event::{ConnId, RequestView, ResponseView};
     use std::time::Duration;
 
     fn handshake(id: u64, target: &str) -> Event {
@@ -648,24 +648,9 @@ mod tests {
             SystemTime::now(),
             ConnId(id),
             EventKind::Frame(FrameEvent {
-                from,
-                opcode: Opcode::Text,
-                fin: true,
-                rsv1: false,
-                rsv2: false,
-                rsv3: false,
-                masked: from == Dir::ClientToServer,
-                len: text.len() as u64,
                 preview: text.into(),
-                encoding: Encoding::Utf8,
-                truncated: false,
-                compressed: false,
-                close_code: None,
-                close_name: None,
-                close_reason: None,
-                injected: false,
-                note: None,
                 payload: Some(text.as_bytes().to_vec()),
+                ..FrameEvent::new(from, Opcode::Text, text.len() as u64)
             }),
         )
     }

@@ -316,6 +316,25 @@ pub struct HttpExchange {
     pub rewrites: Vec<String>,
 }
 
+impl HttpExchange {
+    /// The exchange of `req`, answered `status` after `duration`; the
+    /// caller adds the response view, byte counts and rewrites it has.
+    pub fn of(req: &super::http::RequestHead, status: u16, duration: Duration) -> Self {
+        HttpExchange {
+            method: req.method.clone(),
+            target: req.target.clone(),
+            status,
+            duration_ms: millis(duration),
+            request_bytes: 0,
+            response_bytes: 0,
+            client_request: Some(req.view()),
+            client_response: None,
+            upstream_addr: None,
+            rewrites: Vec::new(),
+        }
+    }
+}
+
 /// How a connection ended; one per connection, its last event.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CloseSummary {
@@ -333,6 +352,23 @@ pub struct CloseSummary {
     /// Whether the connection was upgraded to a WebSocket.
     #[serde(default)]
     pub websocket: bool,
+}
+
+impl CloseSummary {
+    /// The end of a connection that carried no WebSocket and no counted
+    /// traffic (refused at accept, failed TLS, ...).
+    pub fn without_traffic(reason: &str, detail: impl Into<String>, duration_ms: f64) -> Self {
+        CloseSummary {
+            reason: reason.to_string(),
+            detail: detail.into(),
+            duration_ms,
+            frames_from_client: 0,
+            frames_from_server: 0,
+            bytes_from_client: 0,
+            bytes_from_server: 0,
+            websocket: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

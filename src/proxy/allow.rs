@@ -67,16 +67,7 @@ pub async fn refused(shared: Arc<Shared>, peer: SocketAddr, id: ConnId) {
         Event::conn(
             now,
             id,
-            EventKind::Close(CloseSummary {
-                reason: "not-allowed".into(),
-                detail: message,
-                duration_ms: 0.0,
-                frames_from_client: 0,
-                frames_from_server: 0,
-                bytes_from_client: 0,
-                bytes_from_server: 0,
-                websocket: false,
-            }),
+            EventKind::Close(CloseSummary::without_traffic("not-allowed", message, 0.0)),
         ),
     ];
     shared.events.send_all(&mut events).await;

@@ -153,17 +153,12 @@ pub async fn client_tls_failed(
     events.push(Event::conn(
         now,
         id,
-        EventKind::Close(CloseSummary {
-            reason: reason.to_string(),
-            detail: f.message(),
-            duration_ms: millis(now.duration_since(accepted).unwrap_or_default()),
-            frames_from_client: 0,
-            frames_from_server: 0,
-            // no application bytes were exchanged
-            bytes_from_client: 0,
-            bytes_from_server: 0,
-            websocket: false,
-        }),
+        // no application bytes were exchanged
+        EventKind::Close(CloseSummary::without_traffic(
+            reason,
+            f.message(),
+            millis(now.duration_since(accepted).unwrap_or_default()),
+        )),
     ));
     shared.events.send_all(&mut events).await;
 }
@@ -626,16 +621,11 @@ impl Conn {
         } else {
             let response_bytes = *body.as_ref().unwrap_or(&0);
             self.emit(EventKind::Http(HttpExchange {
-                method: req.method.clone(),
-                target: req.target.clone(),
-                status: resp.status,
-                duration_ms: millis(started.elapsed()),
-                request_bytes: 0,
                 response_bytes,
-                client_request: hs.client_request.take(),
                 client_response: hs.client_response.take(),
                 upstream_addr: hs.upstream_addr.take(),
                 rewrites,
+                ..HttpExchange::of(&req, resp.status, started.elapsed())
             }))
             .await;
         }
@@ -728,16 +718,9 @@ impl Conn {
             self.emit_handshake(hs, rewrites).await;
         } else {
             self.emit(EventKind::Http(HttpExchange {
-                method: req.method.clone(),
-                target: req.target.clone(),
-                status: f.status(),
-                duration_ms: millis(started.elapsed()),
-                request_bytes: 0,
-                response_bytes: 0,
-                client_request: hs.client_request.take(),
                 client_response: Some(head.view()),
-                upstream_addr: None,
                 rewrites: rewrites.to_vec(),
+                ..HttpExchange::of(req, f.status(), started.elapsed())
             }))
             .await;
         }
@@ -756,16 +739,9 @@ impl Conn {
         let upstream_addr = self.upstream.as_ref().map(|u| u.addr.to_string());
         let status = client_response.as_ref().map_or(101, |r| r.status);
         self.emit(EventKind::Http(HttpExchange {
-            method: req.method.clone(),
-            target: req.target.clone(),
-            status,
-            duration_ms: millis(started.elapsed()),
-            request_bytes: 0,
-            response_bytes: 0,
-            client_request: Some(req.view()),
             client_response,
             upstream_addr,
-            rewrites: Vec::new(),
+            ..HttpExchange::of(req, status, started.elapsed())
         }))
         .await;
         let Some(up) = self.upstream.as_mut() else {

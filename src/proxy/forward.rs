@@ -11,7 +11,7 @@ use super::conn::{client_tls_failed, Conn, End, Step};
 use super::io::{BoxIo, Prefixed};
 use super::upstream::{split_host_port, Scheme, UpstreamUrl};
 use super::{Mode, Shared};
-use crate::proto::event::{millis, ErrorEvent, EventKind, Handshake, HttpExchange, ResponseView};
+use crate::proto::event::{ErrorEvent, EventKind, Handshake, HttpExchange, ResponseView};
 use crate::proto::http::RequestHead;
 
 const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
@@ -70,24 +70,21 @@ pub(super) fn intercepts(shared: &Shared, req: &RequestHead) -> bool {
     }
 }
 
-async fn connect_event(conn: &Conn, req: &RequestHead, status: u16, started: Instant) {
+/// The answer to a CONNECT, as it appears in events.
+fn established() -> ResponseView {
+    ResponseView {
+        status: 200,
+        reason: "Connection established".into(),
+        version: "HTTP/1.1".into(),
+        headers: Vec::new(),
+        body_preview: None,
+    }
+}
+
+async fn connect_event(conn: &Conn, req: &RequestHead, started: Instant) {
     conn.emit(EventKind::Http(HttpExchange {
-        method: req.method.clone(),
-        target: req.target.clone(),
-        status,
-        duration_ms: millis(started.elapsed()),
-        request_bytes: 0,
-        response_bytes: 0,
-        client_request: Some(req.view()),
-        client_response: Some(ResponseView {
-            status,
-            reason: "Connection established".into(),
-            version: "HTTP/1.1".into(),
-            headers: Vec::new(),
-            body_preview: None,
-        }),
-        upstream_addr: None,
-        rewrites: Vec::new(),
+        client_response: Some(established()),
+        ..HttpExchange::of(req, 200, started.elapsed())
     }))
     .await;
 }
@@ -107,7 +104,7 @@ pub(super) async fn intercept(mut conn: Conn, req: RequestHead) {
     {
         return;
     }
-    connect_event(&conn, &req, 200, started).await;
+    connect_event(&conn, &req, started).await;
     let Conn {
         shared,
         id,
@@ -170,14 +167,7 @@ pub(super) async fn tunnel(conn: &mut Conn, req: RequestHead) -> End {
             "the client went away before the tunnel opened",
         );
     }
-    let view = ResponseView {
-        status: 200,
-        reason: "Connection established".into(),
-        version: "HTTP/1.1".into(),
-        headers: Vec::new(),
-        body_preview: None,
-    };
-    match conn.tunnel(&req, Some(view), started).await {
+    match conn.tunnel(&req, Some(established()), started).await {
         Step::Done(end) => end,
         _ => End::new("tunnel-closed", "the tunnel ended"),
     }

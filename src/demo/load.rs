@@ -16,12 +16,11 @@
 //! message. It does not judge wall-clock time: the caller says when to
 //! stop sending and which completions count.
 
-use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -46,6 +45,8 @@ const TEMPLATE_MAX: usize = 4 * 1024 * 1024;
 const BATCH: usize = 64 * 1024;
 /// Bytes read per syscall.
 const READ_BUF: usize = 256 * 1024;
+/// `finished` before the writer has stopped.
+const NOT_FINISHED: u64 = u64::MAX;
 /// Largest response head accepted in the handshake.
 const MAX_HEAD: usize = 16 * 1024;
 
@@ -427,8 +428,10 @@ impl LoadConn {
         let keys = self.keys;
         let template = (w.size <= TEMPLATE_MAX).then(|| keys.template(w));
         let permits = Semaphore::new(w.window);
-        let sent_at: RefCell<VecDeque<Instant>> = RefCell::new(VecDeque::new());
-        let finished: Cell<Option<u64>> = Cell::new(None);
+        // Shared by the writer and the reader, which run concurrently in
+        // this task (never in parallel): the locks are never contended.
+        let sent_at: Mutex<VecDeque<Instant>> = Mutex::new(VecDeque::new());
+        let finished = AtomicU64::new(NOT_FINISHED);
         let done = Notify::new();
         let first_seq = self.next_seq;
         let leftover = std::mem::take(&mut self.leftover);
@@ -458,7 +461,9 @@ impl LoadConn {
                         break 'send;
                     }
                     if w.latencies {
-                        sent_at.borrow_mut().push_back(Instant::now());
+                        if let Ok(mut q) = sent_at.lock() {
+                            q.push_back(Instant::now());
+                        }
                     }
                     match &template {
                         Some(t) if t.wire.len() <= BATCH => {
@@ -500,7 +505,7 @@ impl LoadConn {
                     out.clear();
                 }
             }
-            finished.set(Some(seq));
+            finished.store(seq, Ordering::Release);
             done.notify_one();
             Ok::<u64, LoadError>(seq)
         };
@@ -522,7 +527,7 @@ impl LoadConn {
                 for _ in 0..completed {
                     let now = Instant::now();
                     let sent = if w.latencies {
-                        sent_at.borrow_mut().pop_front()
+                        sent_at.lock().ok().and_then(|mut q| q.pop_front())
                     } else {
                         None
                     };
@@ -538,7 +543,7 @@ impl LoadConn {
                 if completed > 0 {
                     permits.add_permits(completed as usize);
                 }
-                if finished.get() == Some(st.seq) {
+                if finished.load(Ordering::Acquire) == st.seq {
                     break;
                 }
                 let n = tokio::select! {
@@ -552,7 +557,7 @@ impl LoadConn {
                     }
                 };
                 if n == 0 {
-                    let sent = finished.get().unwrap_or(u64::MAX);
+                    let sent = finished.load(Ordering::Acquire);
                     return Err(LoadError::Ended(sent.saturating_sub(st.seq)));
                 }
                 pending = &buf[..n];

@@ -33,7 +33,7 @@ async fn run(conn: &mut LoadConn, w: &Workload) -> Result<Report, LoadError> {
     within("a load run", conn.run(w)).await
 }
 
-/// Runs three workloads on one connection through the proxy and checks
+/// Runs four workloads on one connection through the proxy and checks
 /// the client's counts and the proxy's frame events against each other.
 async fn verified_through_proxy(mode: EchoMode) {
     let echo = echo_server(EchoOptions {
@@ -58,8 +58,10 @@ async fn verified_through_proxy(mode: EchoMode) {
         frame_size: Some(1 << 20),
         ..Workload::count(5 << 20, 2)
     };
+    // one frame, streamed in chunks, an odd length so masks wrap mid-word
+    let one_frame = Workload::count((5 << 20) + 3, 1);
     let mut total = Report::default();
-    for w in [&small, &big_text, &large] {
+    for w in [&small, &big_text, &large, &one_frame] {
         let rep = run(&mut conn, w).await.expect("every echo verified");
         let n = match w.limit {
             load::Limit::Messages(n) => n,

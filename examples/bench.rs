@@ -83,6 +83,10 @@ struct Args {
     /// Size of the big message in the memory cases, MiB.
     #[arg(long, default_value_t = 1024, value_name = "MIB")]
     big_mib: usize,
+    /// Keep the --json logs (in a temp dir, printed at the end) instead
+    /// of deleting each after its check.
+    #[arg(long)]
+    keep_logs: bool,
     /// List the cases and exit.
     #[arg(long)]
     list: bool,
@@ -197,6 +201,8 @@ struct Proc {
     pid: u32,
     addr: SocketAddr,
     lines: Arc<Mutex<Vec<String>>>,
+    /// Open descriptors once it listened: what it holds with no connection.
+    fds_at_start: usize,
 }
 
 /// Collects lines from `rd`; sends the address after the first
@@ -260,6 +266,7 @@ impl Proc {
             pid,
             addr,
             lines,
+            fds_at_start: open_fds(pid),
         })
     }
 
@@ -267,11 +274,33 @@ impl Proc {
         self.lines.lock().map(|l| l.join("\n")).unwrap_or_default()
     }
 
-    /// SIGTERM, then waits for the exit (SIGKILL after 15 s).
+    /// Waits (up to 10 s) until it holds no more descriptors than when it
+    /// started, i.e. every proxied connection has ended on its side too.
+    /// Stopping before that would make wstap close the rest itself.
+    async fn wait_drained(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let open = open_fds(self.pid);
+            if open <= self.fds_at_start {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} still holds {open} descriptors (it started with {}) 10 s after the clients closed",
+                    self.name,
+                    self.fds_at_start
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until drained, then SIGTERM and the exit (SIGKILL after 15 s).
     async fn stop(mut self) -> Result<()> {
+        let drained = self.wait_drained().await;
         signal(self.pid, "TERM");
         match tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await {
-            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(Ok(status)) if status.success() => drained,
             Ok(Ok(status)) => bail!(
                 "{} exited with {status}; output:\n{}",
                 self.name,
@@ -605,7 +634,9 @@ async fn run_all(conns: Vec<LoadConn>, w: &Workload) -> Result<Report> {
     Ok(total)
 }
 
-/// Counts the frame events in an NDJSON log, by sender.
+/// Counts the frame events in an NDJSON log, by sender. Frames wstap
+/// inserted itself (`"injected":true`, e.g. closes at shutdown) count
+/// too: the checks expect none.
 fn logged_frames(path: &Path) -> Result<(u64, u64)> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut rd = std::io::BufReader::with_capacity(1 << 20, f);
@@ -625,6 +656,13 @@ fn logged_frames(path: &Path) -> Result<(u64, u64)> {
 }
 
 impl Bench {
+    /// Deletes a checked log unless --keep-logs.
+    fn discard(&self, path: &Path) {
+        if !self.args.keep_logs {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
     async fn start_wstap(&self, json: Option<&Path>) -> Result<Proc> {
         let mut cmd = Command::new(&self.wstap);
         cmd.args(["proxy", "--listen", "127.0.0.1:0", "--upstream"])
@@ -706,7 +744,7 @@ impl Bench {
                 ));
             }
             logged = Some((c, s));
-            let _ = std::fs::remove_file(path);
+            self.discard(path);
         }
         rep.latencies_ns.sort_unstable();
         let msgs = rep.measured as f64 / self.seconds;
@@ -894,7 +932,7 @@ impl Bench {
                         want.0, want.1
                     ));
                 }
-                let _ = std::fs::remove_file(path);
+                self.discard(path);
             }
             let mib = |k: Option<u64>| k.map(|k| format!("{:.1}", k as f64 / 1024.0));
             println!(
@@ -993,7 +1031,7 @@ impl Bench {
                     want.0, want.1
                 ));
             }
-            let _ = std::fs::remove_file(path);
+            self.discard(path);
         }
         let per = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / n as f64;
         println!(
@@ -1286,6 +1324,9 @@ async fn run(args: Args) -> Result<bool> {
     let echo = bench.echo;
     signal(echo.pid, "TERM");
     drop(echo);
+    if bench.args.keep_logs {
+        println!("logs kept in {}", bench.dir.keep().display());
+    }
     if bench.failures.is_empty() {
         Ok(true)
     } else {

@@ -589,6 +589,16 @@ struct Row {
     logged: Option<(u64, u64)>,
 }
 
+impl Row {
+    /// The proxy's CPU time per message echoed (both directions), in µs:
+    /// what the proxy costs, less sensitive to other load than msgs/s.
+    fn proxy_us_per_msg(&self, seconds: f64) -> Option<f64> {
+        let pct = self.cpu_proxy?;
+        (self.report.measured > 0)
+            .then(|| pct / 100.0 * seconds * 1e6 / self.report.measured as f64)
+    }
+}
+
 fn percentile(sorted: &[u64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
@@ -787,7 +797,7 @@ impl Bench {
         }
         println!();
         println!(
-            "{:<16} {:<14} {:>10} {:>9} {:>9} {:>9} {:>8} {:>8}  {:>14}",
+            "{:<16} {:<14} {:>10} {:>9} {:>9} {:>9} {:>8} {:>8}  {:>14} {:>9}",
             "case",
             "target",
             "msgs/s",
@@ -796,7 +806,8 @@ impl Bench {
             "p99 µs",
             "x direct",
             "p50 x",
-            "cpu% px/ec/cl"
+            "cpu% px/ec/cl",
+            "px µs/msg"
         );
         for case in cases {
             let mut rows: Vec<(TargetKind, Row)> = Vec::new();
@@ -818,7 +829,7 @@ impl Bench {
                         .unwrap_or_else(|| "-".into())
                 };
                 println!(
-                    "{:<16} {:<14} {:>10.0} {:>9.1} {:>9} {:>9} {:>8} {:>8}  {:>14}",
+                    "{:<16} {:<14} {:>10.0} {:>9.1} {:>9} {:>9} {:>8} {:>8}  {:>14} {:>9}",
                     case.name,
                     target.name(),
                     row.msgs_per_s,
@@ -833,6 +844,7 @@ impl Bench {
                         row.cpu_echo,
                         row.cpu_client
                     ),
+                    opt(row.proxy_us_per_msg(self.seconds), 2),
                 );
                 rows.push((target, row));
             }
@@ -862,6 +874,7 @@ impl Bench {
                         "messages_verified": r.report.verified,
                         "frames_logged": r.logged.map(|(c, s)| json!({"client": c, "server": s})),
                         "cpu_pct": {"proxy": r.cpu_proxy.map(|x| x.round()), "echo": r.cpu_echo.round(), "client": r.cpu_client.round()},
+                        "proxy_cpu_us_per_msg": r.proxy_us_per_msg(self.seconds).map(|x| (x * 100.0).round() / 100.0),
                     })
                 })
                 .collect();
@@ -1285,7 +1298,7 @@ async fn run(args: Args) -> Result<bool> {
             fd_after.0
         );
     }
-    println!("every echo is verified byte for byte; `x direct` is msgs/s over direct's, `p50 x` p50 latency over direct's; cpu% is proxy/echo/client, % of one core");
+    println!("every echo is verified byte for byte; `x direct` is msgs/s over direct's, `p50 x` p50 latency over direct's; cpu% is proxy/echo/client, % of one core; `px µs/msg` the proxy's CPU time per message echoed");
 
     let mut bench = Bench {
         ticks: clock_ticks_per_sec(),

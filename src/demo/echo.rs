@@ -3,6 +3,12 @@
 //! broken handshakes the way common servers do (426 without the upgrade
 //! headers), and can demand an Origin, so findings have something to find.
 //! It serves plain or behind TLS.
+//!
+//! Two ways to echo after the 101 ([`EchoMode`]): whole messages through
+//! tokio-tungstenite (the default: a common real-world server), or frame by
+//! frame with the project's own decoder, streaming (the benchmark's lean
+//! upstream: it never holds a message, so a 1 GiB message costs it no
+//! memory, and it writes a whole read's worth of echoes in one syscall).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,10 +25,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+use super::frame_echo;
 use crate::proto::handshake::accept_key;
 
 /// How the echo server behaves.
@@ -32,6 +39,19 @@ pub struct EchoOptions {
     pub subprotocols: Vec<String>,
     /// Refuse upgrades (403) whose `Origin` is not this.
     pub require_origin: Option<String>,
+    /// How it echoes once the connection is upgraded.
+    pub mode: EchoMode,
+}
+
+/// How an upgraded connection is echoed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EchoMode {
+    /// Whole messages through tokio-tungstenite: reassembled, then sent
+    /// back as one frame.
+    #[default]
+    Messages,
+    /// Frame by frame, streaming: see [`super::frame_echo`].
+    Frames,
 }
 
 /// A config without message or frame size limits: the echo must take
@@ -175,15 +195,31 @@ async fn handle(
 
     let accept = accept_key(key.to_str().unwrap_or_default());
     let upgrade = hyper::upgrade::on(&mut req);
+    let mode = opts.mode;
     tokio::spawn(async move {
-        if let Ok(upgraded) = upgrade.await {
-            let ws = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                Role::Server,
-                Some(unlimited()),
-            )
-            .await;
-            echo(ws).await;
+        let Ok(upgraded) = upgrade.await else {
+            return;
+        };
+        match mode {
+            EchoMode::Messages => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(unlimited()),
+                )
+                .await;
+                echo(ws).await;
+            }
+            EchoMode::Frames => {
+                // Back to the bare socket (and the bytes hyper read past
+                // the head), so the echo pays no wrapper per read.
+                let _ = match upgraded.downcast::<TokioIo<TcpStream>>() {
+                    Ok(parts) => {
+                        frame_echo::serve_frames(parts.io.into_inner(), &parts.read_buf).await
+                    }
+                    Err(upgraded) => frame_echo::serve_frames(TokioIo::new(upgraded), &[]).await,
+                };
+            }
         }
     });
     let mut r = Response::new(Full::new(Bytes::new()));

@@ -1,6 +1,8 @@
-//! The bounded event channel between the I/O shell and the sinks. By
-//! default a full channel makes the relay wait (the log is the product);
-//! in lossy mode events are dropped and counted instead.
+//! The bounded event channel between the I/O shell and the sinks. Events
+//! travel in batches (a relay chunk's frames go as one message), so the
+//! channel costs per read, not per frame. By default a full channel makes
+//! the relay wait (the log is the product); in lossy mode events are
+//! dropped and counted instead.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,22 +11,26 @@ use tokio::sync::mpsc;
 
 use crate::proto::event::Event;
 
-/// Events queued between the relay and the sinks before senders wait.
-pub const DEFAULT_CAPACITY: usize = 8192;
+/// Batches queued between the relay and the sinks before senders wait.
+pub const DEFAULT_CAPACITY: usize = 128;
+/// Most events in one batch: bounds the channel's memory (capacity times
+/// this) whatever a single read holds.
+pub const MAX_BATCH: usize = 256;
 
 /// The sending side, cloned into every connection task.
 #[derive(Clone, Debug)]
 pub struct EventTx {
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Vec<Event>>,
     lossy: bool,
     dropped: Arc<AtomicU64>,
 }
 
 /// The receiving side, owned by the sink dispatcher.
 pub struct EventRx {
-    pub(crate) rx: mpsc::Receiver<Event>,
-    pub(crate) dropped: Arc<AtomicU64>,
+    rx: mpsc::Receiver<Vec<Event>>,
+    dropped: Arc<AtomicU64>,
     lossy: bool,
+    batches: Vec<Vec<Event>>,
 }
 
 impl EventRx {
@@ -38,23 +44,23 @@ impl EventRx {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Waits for the next event; `None` once every sender is gone.
-    pub async fn recv(&mut self) -> Option<Event> {
-        self.rx.recv().await
-    }
-
-    /// Appends up to `limit` ready events to `buf`, waiting for at least one;
-    /// 0 once every sender is gone.
+    /// Appends the events of up to `limit` ready batches to `buf`, waiting
+    /// for at least one; 0 once every sender is gone.
     pub async fn recv_many(&mut self, buf: &mut Vec<Event>, limit: usize) -> usize {
-        self.rx.recv_many(buf, limit).await
-    }
-
-    pub fn try_recv(&mut self) -> Option<Event> {
-        self.rx.try_recv().ok()
+        self.batches.clear();
+        if self.rx.recv_many(&mut self.batches, limit.max(1)).await == 0 {
+            return 0;
+        }
+        let before = buf.len();
+        for b in self.batches.drain(..) {
+            buf.extend(b);
+        }
+        buf.len() - before
     }
 }
 
-/// A new channel; `lossy` drops events rather than wait when it is full.
+/// A new channel of `capacity` batches; `lossy` drops events rather than
+/// wait when it is full.
 pub fn channel(capacity: usize, lossy: bool) -> (EventTx, EventRx) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let dropped = Arc::new(AtomicU64::new(0));
@@ -64,31 +70,100 @@ pub fn channel(capacity: usize, lossy: bool) -> (EventTx, EventRx) {
             lossy,
             dropped: dropped.clone(),
         },
-        EventRx { rx, dropped, lossy },
+        EventRx {
+            rx,
+            dropped,
+            lossy,
+            batches: Vec::new(),
+        },
     )
 }
 
 impl EventTx {
-    /// Queues an event. Waits while the channel is full unless lossy.
-    /// Once the sinks are gone (shutdown) events are discarded.
-    pub async fn send(&self, ev: Event) {
+    async fn send_batch(&self, batch: Vec<Event>) {
         if self.lossy {
-            if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(ev) {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+            if let Err(mpsc::error::TrySendError::Full(b)) = self.tx.try_send(batch) {
+                self.dropped.fetch_add(b.len() as u64, Ordering::Relaxed);
             }
         } else {
-            let _ = self.tx.send(ev).await;
+            // once the sinks are gone (shutdown) events are discarded
+            let _ = self.tx.send(batch).await;
         }
     }
 
-    /// Queues every event of `evs`, leaving it empty.
+    /// Queues an event. Waits while the channel is full unless lossy.
+    pub async fn send(&self, ev: Event) {
+        self.send_batch(vec![ev]).await;
+    }
+
+    /// Queues every event of `evs` in as few messages as the batch limit
+    /// allows, leaving it empty.
     pub async fn send_all(&self, evs: &mut Vec<Event>) {
-        for ev in evs.drain(..) {
-            self.send(ev).await;
+        while evs.len() > MAX_BATCH {
+            let rest = evs.split_off(MAX_BATCH);
+            let head = std::mem::replace(evs, rest);
+            self.send_batch(head).await;
+        }
+        if !evs.is_empty() {
+            self.send_batch(std::mem::take(evs)).await;
         }
     }
 
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::event::{ErrorEvent, EventKind};
+    use std::time::SystemTime;
+
+    fn ev(i: usize) -> Event {
+        Event::new(
+            SystemTime::now(),
+            None,
+            EventKind::Error(ErrorEvent {
+                message: i.to_string(),
+            }),
+        )
+    }
+
+    #[tokio::test]
+    async fn batches_arrive_whole_in_order_and_bounded() {
+        let (tx, mut rx) = channel(64, false);
+        let mut evs: Vec<Event> = (0..(MAX_BATCH * 2 + 7)).map(ev).collect();
+        tx.send_all(&mut evs).await;
+        assert!(evs.is_empty());
+        tx.send(ev(9999)).await;
+        drop(tx);
+        let mut got = Vec::new();
+        while rx.recv_many(&mut got, 16).await > 0 {}
+        let names: Vec<String> = got
+            .iter()
+            .map(|e| match &e.kind {
+                EventKind::Error(x) => x.message.clone(),
+                _ => String::new(),
+            })
+            .collect();
+        let mut want: Vec<String> = (0..(MAX_BATCH * 2 + 7)).map(|i| i.to_string()).collect();
+        want.push("9999".into());
+        assert_eq!(names, want);
+    }
+
+    #[tokio::test]
+    async fn lossy_mode_counts_every_dropped_event() {
+        let (tx, mut rx) = channel(1, true);
+        let mut a: Vec<Event> = (0..3).map(ev).collect();
+        let mut b: Vec<Event> = (0..5).map(ev).collect();
+        tx.send_all(&mut a).await;
+        tx.send_all(&mut b).await;
+        assert_eq!(tx.dropped(), 5);
+        drop(tx);
+        let mut got = Vec::new();
+        while rx.recv_many(&mut got, 16).await > 0 {}
+        assert_eq!(got.len(), 3);
+        assert_eq!(rx.dropped(), 5);
     }
 }

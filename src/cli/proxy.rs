@@ -459,7 +459,9 @@ pub async fn start(run: ProxyRun) -> anyhow::Result<Running> {
             .await
             .context("waiting for the output thread")?;
         // the live view outlives the proxy until its stream has ended
-        drop(live);
+        if let Some(view) = live {
+            view.stop().await;
+        }
         if joined.is_err() {
             bail!("the output thread panicked");
         }

@@ -353,9 +353,12 @@ impl StreamTap {
         if need == 0 {
             return;
         }
+        // grown to what payloads have needed, up to SCRATCH: a connection
+        // of small frames keeps a small buffer
         let mut scratch = std::mem::take(&mut self.scratch);
-        if scratch.len() < SCRATCH {
-            scratch.resize(SCRATCH, 0);
+        let want = need.min(SCRATCH);
+        if scratch.len() < want {
+            scratch.resize(want, 0);
         }
         let mut done = 0;
         while done < need {

@@ -169,15 +169,6 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
         let rest = self.buf[self.start..].to_vec();
         (self.io, rest)
     }
-
-    /// Frees the buffer when it holds nothing, so an idle connection keeps
-    /// no read memory.
-    pub fn release_if_empty(&mut self) {
-        if self.buffered().is_empty() {
-            self.buf = Vec::new();
-            self.start = 0;
-        }
-    }
 }
 
 /// A stream that first yields bytes already read from it.

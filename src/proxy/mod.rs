@@ -171,11 +171,13 @@ impl Shared {
                     relay::random_mask(),
                     self.cfg.max_preview,
                 );
-                let _ = c.toward(dir).try_send(relay::Control::CloseAndEnd {
-                    frame,
-                    reason: "shutdown",
-                    detail: format!("wstap sent {code} ({reason}) to both sides"),
-                });
+                let _ = c
+                    .toward(dir)
+                    .try_send(Box::new(relay::Control::CloseAndEnd {
+                        frame,
+                        reason: "shutdown",
+                        detail: format!("wstap sent {code} ({reason}) to both sides"),
+                    }));
             }
         }
     }

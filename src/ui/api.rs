@@ -49,6 +49,24 @@ const SSE_BATCH: usize = 256;
 pub struct Ctx {
     pub store: Arc<Store>,
     pub proxy: Weak<Shared>,
+    /// Event streams still open: stopping waits for them to say `end`.
+    pub streams: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts an open event stream for as long as it lives.
+struct StreamCount(Arc<std::sync::atomic::AtomicUsize>);
+
+impl StreamCount {
+    fn new(n: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        StreamCount(n.clone())
+    }
+}
+
+impl Drop for StreamCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Answers one request that passed the guard.
@@ -414,8 +432,8 @@ async fn send_frame(
     }
 }
 
-fn hand_over(tx: &mpsc::Sender<Control>, c: Control) -> Result<(), ApiError> {
-    tx.try_send(c).map_err(|e| match e {
+fn hand_over(tx: &mpsc::Sender<Box<Control>>, c: Control) -> Result<(), ApiError> {
+    tx.try_send(Box::new(c)).map_err(|e| match e {
         mpsc::error::TrySendError::Full(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many frames are already waiting for this connection; try again",
@@ -586,11 +604,13 @@ fn events(ctx: &Ctx) -> Response<Body> {
         rx: broadcast::Receiver<Live>,
         started: bool,
         done: bool,
+        _count: StreamCount,
     }
     let st = St {
         rx: ctx.store.subscribe(),
         started: false,
         done: ctx.store.ended(),
+        _count: StreamCount::new(&ctx.streams),
     };
     let stream = futures_util::stream::unfold(st, |mut st| async move {
         if !st.started {
@@ -606,6 +626,7 @@ fn events(ctx: &Ctx) -> Response<Body> {
             ));
         }
         if st.done {
+            // dropping `st` here uncounts the stream
             return None;
         }
         let mut out = String::new();

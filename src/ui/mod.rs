@@ -74,6 +74,7 @@ pub async fn bind(addr: SocketAddr, allow_remote: bool) -> Result<TcpListener, U
 pub struct LiveView {
     addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl LiveView {
@@ -86,12 +87,18 @@ impl LiveView {
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
         let guard = http::Guard::new(addr);
+        let streams = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let ctx = Arc::new(api::Ctx {
             store,
             proxy: Arc::downgrade(proxy),
+            streams: streams.clone(),
         });
         let task = tokio::spawn(accept_loop(listener, guard, ctx));
-        LiveView { addr, task }
+        LiveView {
+            addr,
+            task,
+            streams,
+        }
     }
 
     /// Where the page is: `http://ADDR/`.
@@ -99,8 +106,16 @@ impl LiveView {
         self.addr
     }
 
-    /// Stops accepting and ends every open request (SSE streams included).
-    pub fn stop(self) {
+    /// Stops accepting and ends every open request. Event streams first
+    /// get a moment (up to a second) to send their `end`, which they do
+    /// once the event stream has ended.
+    pub async fn stop(self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        while self.streams.load(std::sync::atomic::Ordering::SeqCst) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         self.task.abort();
     }
 }

@@ -198,21 +198,24 @@ pub async fn run(cfg: SoakConfig) -> SoakReport {
         .await;
     report.rss_connected_kib = rss_kib(pid);
 
-    // warm up: one message of the largest size each way on every
-    // connection, so each has touched the pages of its fixed buffers;
-    // from here on memory must not grow with the traffic
+    // warm up: one binary and one text message of the largest size each
+    // way on every connection, so each has touched the pages of its
+    // buffers (text is unmasked whole for its UTF-8 check, binary only up
+    // to the preview); from here on memory must not grow with the traffic
     let largest = cfg.sizes.iter().copied().max().unwrap_or(0);
     let clients: Vec<_> = futures_util::stream::iter(clients.into_iter().enumerate())
         .map(|(conn, mut ws)| async move {
-            let m = Message::binary(payload(largest, conn, u64::MAX));
-            step("warm-up send", ws.send(m.clone()))
-                .await
-                .expect("send");
-            let back = step("warm-up echo", ws.next())
-                .await
-                .expect("echo")
-                .expect("read");
-            assert!(back == m, "connection {conn}: warm-up echo differs");
+            for i in [u64::MAX, u64::MAX - 1] {
+                let m = message(largest, conn, i);
+                step("warm-up send", ws.send(m.clone()))
+                    .await
+                    .expect("send");
+                let back = step("warm-up echo", ws.next())
+                    .await
+                    .expect("echo")
+                    .expect("read");
+                assert!(back == m, "connection {conn}: warm-up echo differs");
+            }
             ws
         })
         .buffer_unordered(64)
@@ -245,8 +248,8 @@ pub async fn run(cfg: SoakConfig) -> SoakReport {
     };
 
     // the warm-up messages count too: they are in the log
-    let messages = Arc::new(AtomicU64::new(cfg.conns as u64));
-    let bytes = Arc::new(AtomicU64::new((cfg.conns * largest) as u64));
+    let messages = Arc::new(AtomicU64::new(2 * cfg.conns as u64));
+    let bytes = Arc::new(AtomicU64::new((2 * cfg.conns * largest) as u64));
     let deadline = started + cfg.duration;
     let sizes = Arc::new(cfg.sizes.clone());
     let mut tasks = Vec::new();

@@ -132,7 +132,7 @@ impl UiProxy {
             let _ = tokio::task::spawn_blocking(move || d.join()).await;
         }
         if let Some(v) = self.view.take() {
-            v.stop();
+            v.stop().await;
         }
     }
 }

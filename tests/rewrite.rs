@@ -411,3 +411,37 @@ async fn the_binary_announces_a_simulation() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn rewrites_on_top_of_a_simulated_hop_verify_the_fix_locally() {
+    // reproduce nginx's defaults and try the fix in one proxy: the
+    // simulated hop strips the upgrade, the rules put it back
+    let echo = echo_server(EchoOptions::default()).await;
+    let fix = rules(vec![
+        Op::set_request("Upgrade: {header:upgrade}").unwrap(),
+        Op::set_request("Connection: upgrade").unwrap(),
+        Op::version("1.1").unwrap(),
+    ]);
+    let proxy = TestProxy::start_with(&format!("ws://{echo}"), |c| {
+        c.simulate = Some(Hop::NginxDefault);
+        c.rules = fix;
+    })
+    .await;
+    let (mut ws, _) = ws_client(proxy.addr, "/chat", &[]).await;
+    ws.send(Message::text("fixed locally")).await.unwrap();
+    assert_eq!(
+        within("echo", ws.next()).await.unwrap().unwrap(),
+        Message::text("fixed locally")
+    );
+    drop(ws);
+    let evs = proxy.wait_closes(1).await;
+    let f = findings(&evs);
+    let v = f.iter().find(|f| f.code == "fix-verified");
+    assert!(v.is_some(), "{}", dump(&evs));
+    assert!(v.unwrap().hint.contains("proxy_http_version 1.1;"));
+    // the client's own request was healthy: nothing blamed on it
+    assert!(
+        !f.iter().any(|f| f.view.as_deref() == Some("client_request")
+            && f.severity == wstap::proto::event::Severity::Error)
+    );
+}

@@ -316,7 +316,8 @@ pub fn analyze(hs: &Handshake) -> Vec<Finding> {
         }
     }
     out.extend(response_findings);
-    if let Some(f) = fix_verified(hs, &out) {
+    let arrived = hs.client_request.as_ref();
+    if let Some(f) = arrived.and_then(|a| fix_verified(a, hs, &out)) {
         out.push(f);
     }
     out
@@ -341,11 +342,19 @@ fn restored(code: &str) -> Option<(&'static str, &'static str)> {
     })
 }
 
+/// `fix-verified` when the handshake is judged as a simulated hop
+/// (`--simulate`) delivered it, `arrived`, before the rewrite rules ran:
+/// the simulated breakage, undone by the rules, is the fix being tried.
+pub fn fix_verified_after_hop(arrived: &RequestView, hs: &Handshake) -> Option<Finding> {
+    let found = judge_request(arrived, "client_request");
+    fix_verified(arrived, hs, &found)
+}
+
 /// The handshake arrived broken, wstap's rewrites removed the cause, and
 /// the upstream then answered 101: the fix works, say so plainly.
-fn fix_verified(hs: &Handshake, found: &[Finding]) -> Option<Finding> {
-    let (client, up) = (hs.client_request.as_ref()?, hs.upstream_request.as_ref()?);
-    if client == up || hs.upstream_response.as_ref()?.status != 101 {
+fn fix_verified(arrived: &RequestView, hs: &Handshake, found: &[Finding]) -> Option<Finding> {
+    let up = hs.upstream_request.as_ref()?;
+    if arrived == up || hs.upstream_response.as_ref()?.status != 101 {
         return None;
     }
     let still = judge_request(up, "upstream_request");

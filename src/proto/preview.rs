@@ -31,12 +31,12 @@ fn readable(s: &str) -> bool {
 
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
+    // bytes, not chars: every binary frame's preview comes through here
+    let mut out = Vec::with_capacity(bytes.len() * 2);
     for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 0xf) as usize] as char);
+        out.extend_from_slice(&[DIGITS[(b >> 4) as usize], DIGITS[(b & 0xf) as usize]]);
     }
-    out
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Inverse of [`hex`], for reading logs back.

@@ -19,7 +19,7 @@ use super::{forward, Mode};
 use crate::proto::analysis;
 use crate::proto::event::{
     millis, CloseSummary, ConnId, Dir, ErrorEvent, Event, EventKind, Finding, Handshake,
-    HttpExchange, ResponseView, Severity,
+    HttpExchange, RequestView, ResponseView, Severity,
 };
 use crate::proto::failure::{verification_disabled, ClientTlsFailure, UpstreamFailure};
 use crate::proto::handshake::{self, Negotiated};
@@ -95,6 +95,9 @@ pub(super) struct Conn {
     pub(super) fixed: Option<UpstreamUrl>,
     /// The upstream the open upstream connection leads to.
     current: Option<UpstreamUrl>,
+    /// This exchange's request as a simulated hop handed it on, before the
+    /// rewrite rules ran (`fix-verified` judges the rules against it).
+    after_hop: Option<RequestView>,
 }
 
 /// Serves one accepted client connection to its end.
@@ -199,6 +202,7 @@ impl Conn {
             simulation_reported: false,
             fixed,
             current: None,
+            after_hop: None,
         }
     }
 }
@@ -251,6 +255,11 @@ impl Conn {
     /// The handshake event, then what the analysis makes of it.
     async fn emit_handshake(&mut self, hs: Handshake, rewrites: &[String]) {
         let mut findings = analysis::analyze(&hs);
+        if let Some(arrived) = self.after_hop.take() {
+            if !findings.iter().any(|f| f.code == "fix-verified") {
+                findings.extend(analysis::fix_verified_after_hop(&arrived, &hs));
+            }
+        }
         if !rewrites.is_empty() {
             findings.insert(
                 0,
@@ -505,7 +514,9 @@ impl Conn {
             incoming: &req,
             upstream: &upstream_authority,
         };
+        let after_hop = cfg.simulate.map(|_| up_req.view());
         let mut rewrites = shared.cfg.rules.apply_request(&mut up_req, &ctx);
+        self.after_hop = after_hop.filter(|_| !rewrites.is_empty());
         // unchanged heads go upstream byte for byte
         let up_raw = if up_req == req {
             raw
@@ -772,6 +783,7 @@ impl Conn {
             simulation_reported: _,
             fixed: _,
             current: _,
+            after_hop: _,
         } = self;
         let Some(up) = upstream else {
             return;

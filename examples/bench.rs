@@ -1287,7 +1287,7 @@ async fn run(args: Args) -> Result<bool> {
         None => {}
     }
     println!(
-        "fd limit: soft {} hard {} before; now soft {} hard {} for this process and its children (wstap inherits it; it does not raise its own)",
+        "fd limit: soft {} hard {} before; now soft {} hard {} for this process and its children (wstap inherits it, and raises its own soft limit to the hard one)",
         fd_before.0, fd_before.1, fd_after.0, fd_after.1
     );
     if idle_n < args.idle {

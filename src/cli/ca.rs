@@ -11,6 +11,9 @@ use crate::tls::ca::{default_dir, CaFiles, LocalCa, Origin};
 
 #[derive(Debug, Args)]
 pub struct CaArgs {
+    /// The CA directory [default: $XDG_DATA_HOME/wstap, else ~/.local/share/wstap]
+    #[arg(long, value_name = "DIR", global = true)]
+    pub dir: Option<PathBuf>,
     #[command(subcommand)]
     pub command: CaCommand,
 }
@@ -18,22 +21,15 @@ pub struct CaArgs {
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
     /// Create the local CA if there is none (the key file gets mode 0600).
-    Init(DirArg),
+    Init,
     /// Print the CA certificate's path.
-    Path(DirArg),
+    Path,
     /// Print the CA key's SPKI hash, for Chromium's
     /// --ignore-certificate-errors-spki-list (trust without the system store).
-    Spki(DirArg),
+    Spki,
 }
 
-#[derive(Debug, Args)]
-pub struct DirArg {
-    /// The CA directory [default: $XDG_DATA_HOME/wstap, else ~/.local/share/wstap]
-    #[arg(long, value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-}
-
-impl DirArg {
+impl CaArgs {
     fn resolve(&self) -> anyhow::Result<PathBuf> {
         match &self.dir {
             Some(d) => Ok(d.clone()),
@@ -43,11 +39,12 @@ impl DirArg {
 }
 
 pub fn run(args: CaArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.resolve()?;
     match args.command {
-        CaCommand::Init(d) => init(&d.resolve()?),
-        CaCommand::Path(d) => path(&d.resolve()?),
-        CaCommand::Spki(d) => {
-            println!("{}", LocalCa::load(&d.resolve()?)?.spki_sha256());
+        CaCommand::Init => init(&dir),
+        CaCommand::Path => path(&dir),
+        CaCommand::Spki => {
+            println!("{}", LocalCa::load(&dir)?.spki_sha256());
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -420,7 +420,12 @@ pub async fn start(run: ProxyRun) -> anyhow::Result<Running> {
             hop.name()
         );
     }
-    if let Some(idle) = run.config.idle_cut.as_ref().filter(|_| run.config.simulate.is_none()) {
+    if let Some(idle) = run
+        .config
+        .idle_cut
+        .as_ref()
+        .filter(|_| run.config.simulate.is_none())
+    {
         eprintln!(
             "wstap: SIMULATING an idle cut: WebSockets are dropped after {} without traffic ({}), with no close frame",
             humantime::format_duration(idle.after),

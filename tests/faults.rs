@@ -196,14 +196,23 @@ async fn a_client_half_close_reaches_the_upstream_which_can_still_answer() {
 
 #[tokio::test]
 async fn a_server_half_close_reaches_the_client_which_can_still_send() {
-    let up = scripted_upstream(|mut s| async move {
-        read_head(&mut s).await;
-        send(&mut s, switching().as_bytes()).await;
-        send(&mut s, &server_frame(1, b"done talking")).await;
-        s.shutdown().await.unwrap();
-        // still listening
-        let got = read_all(&mut s).await;
-        assert_eq!(got, client_frame(1, b"one more"));
+    // what the upstream heard after its half-close, checked below: an
+    // assertion inside the script's own task would not fail the test
+    let (heard_tx, heard_rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
+    let heard_tx = std::sync::Arc::new(std::sync::Mutex::new(Some(heard_tx)));
+    let up = scripted_upstream(move |mut s| {
+        let heard_tx = heard_tx.clone();
+        async move {
+            read_head(&mut s).await;
+            send(&mut s, switching().as_bytes()).await;
+            send(&mut s, &server_frame(1, b"done talking")).await;
+            s.shutdown().await.unwrap();
+            // still listening
+            let got = read_all(&mut s).await;
+            if let Some(tx) = heard_tx.lock().unwrap().take() {
+                let _ = tx.send(got);
+            }
+        }
     })
     .await;
     let proxy = TestProxy::start(&format!("ws://{up}")).await;
@@ -218,6 +227,12 @@ async fn a_server_half_close_reaches_the_client_which_can_still_send() {
         .await
         .unwrap();
     within("shutdown", wr.shutdown()).await.unwrap();
+    let heard = within("what the upstream heard", heard_rx).await.unwrap();
+    assert_eq!(
+        heard,
+        client_frame(1, b"one more"),
+        "the upstream got the client's last frame"
+    );
     let evs = proxy.wait_closes(1).await;
     let close = only_close(&evs);
     assert_eq!(close.reason, "server-closed", "{}", dump(&evs));

@@ -292,10 +292,17 @@ async fn an_upstream_that_never_accepts_times_out() {
     let resp = String::from_utf8(read_all(&mut c).await).unwrap();
     assert!(resp.starts_with("HTTP/1.1 504"), "{resp}");
     let evs = proxy.wait_closes(1).await;
+    let f = findings(&evs)
+        .into_iter()
+        .find(|f| f.code == "upstream-timeout");
+    assert!(f.is_some(), "{}", dump(&evs));
+    // the TCP connect timed out, not the later wait for an answer
+    let f = f.unwrap();
     assert!(
-        finding_codes(&evs).contains(&"upstream-timeout".to_string()),
+        f.message.contains("the connection attempt timed out"),
         "{}",
-        dump(&evs)
+        f.message
     );
+    assert_eq!(f.observed.as_deref(), Some("tcp layer failed"));
     drop(listener);
 }

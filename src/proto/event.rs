@@ -38,6 +38,14 @@ impl Dir {
         }
     }
 
+    /// The other way.
+    pub fn opposite(self) -> Dir {
+        match self {
+            Dir::ClientToServer => Dir::ServerToClient,
+            Dir::ServerToClient => Dir::ClientToServer,
+        }
+    }
+
     /// The side that receives in this direction.
     pub fn receiver(self) -> &'static str {
         match self {

@@ -82,7 +82,8 @@ impl UpstreamFailure {
         }
     }
 
-    /// The finding code from the contract.
+    /// The finding code (the contract's, plus `upstream-unreachable`,
+    /// `upstream-connect-failed` and `upstream-closed`).
     pub fn code(&self) -> &'static str {
         match self {
             UpstreamFailure::Unresolved { .. } => "upstream-unresolved",
@@ -90,9 +91,11 @@ impl UpstreamFailure {
             UpstreamFailure::Timeout { .. } | UpstreamFailure::NoResponse { .. } => {
                 "upstream-timeout"
             }
-            UpstreamFailure::Unreachable { .. } | UpstreamFailure::Tcp { .. } => "upstream-refused",
+            // beyond the contract's codes: each names a different fix
+            UpstreamFailure::Unreachable { .. } => "upstream-unreachable",
+            UpstreamFailure::Tcp { .. } => "upstream-connect-failed",
             UpstreamFailure::Tls { .. } => "upstream-tls-failed",
-            UpstreamFailure::Dropped { .. } => "upstream-refused",
+            UpstreamFailure::Dropped { .. } => "upstream-closed",
         }
     }
 
@@ -301,6 +304,17 @@ mod tests {
             .message()
             .contains("not speaking TLS (ws:// vs wss://?)"));
         assert!(r.client_body("ws://127.0.0.1:1").contains("refused"));
+        // a dropped or unroutable upstream is not called refused
+        let d = UpstreamFailure::Dropped {
+            addr: "a:1".into(),
+            detail: "it closed the connection".into(),
+        };
+        assert_eq!((d.code(), d.status()), ("upstream-closed", 502));
+        let u = UpstreamFailure::Unreachable {
+            addr: "a:1".into(),
+            detail: "no route".into(),
+        };
+        assert_eq!(u.code(), "upstream-unreachable");
     }
 
     #[test]

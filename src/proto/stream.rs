@@ -88,6 +88,28 @@ pub enum Stop {
     MessageEnd,
 }
 
+/// How far one [`StreamTap::feed_until`] may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedOpts {
+    pub stop: Stop,
+    /// Stop after a frame once `out` holds this many events: a read full of
+    /// tiny frames is handed on in bounded batches.
+    pub max_events: usize,
+    /// Stop right after the piece that broke the protocol (`--strict`), so
+    /// nothing past it is logged as if forwarded.
+    pub stop_at_violation: bool,
+}
+
+impl Default for FeedOpts {
+    fn default() -> Self {
+        FeedOpts {
+            stop: Stop::Never,
+            max_events: usize::MAX,
+            stop_at_violation: false,
+        }
+    }
+}
+
 /// What one feed did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fed {
@@ -95,6 +117,9 @@ pub struct Fed {
     pub consumed: usize,
     /// Where the first frame that broke the protocol starts, if one did.
     pub violation_at: Option<usize>,
+    /// That frame began in an earlier chunk: part of it was forwarded
+    /// already, so nothing can be inserted cleanly before it.
+    pub violation_mid_frame: bool,
 }
 
 /// Observes one direction; see the module docs.
@@ -119,7 +144,10 @@ pub struct StreamTap {
     reported: u32,
     /// Frame start offset (within the chunk being fed) of the current frame.
     current_start: usize,
+    /// The current frame's first byte is in the chunk being fed.
+    current_started_here: bool,
     violation_at: Option<usize>,
+    violation_mid_frame: bool,
 }
 
 impl StreamTap {
@@ -148,7 +176,9 @@ impl StreamTap {
             stats: StreamStats::default(),
             reported: 0,
             current_start: 0,
+            current_started_here: true,
             violation_at: None,
+            violation_mid_frame: false,
         }
     }
 
@@ -193,21 +223,27 @@ impl StreamTap {
     /// the protocol starts (0 when it began in an earlier chunk), so a
     /// strict relay can stop before forwarding it.
     pub fn feed(&mut self, data: &[u8], now: SystemTime, out: &mut Vec<Event>) -> Option<usize> {
-        self.feed_until(data, now, out, Stop::Never).violation_at
+        self.feed_until(data, now, out, FeedOpts::default())
+            .violation_at
     }
 
-    /// Like [`feed`](Self::feed), but stops right after the first frame
-    /// (or message) that ends inside `data`, so the caller can insert a
-    /// frame there. Bytes after `consumed` were not looked at.
+    /// Like [`feed`](Self::feed), but stops early where `opts` says: right
+    /// after the first frame (or message) that ends inside `data`, so the
+    /// caller can insert a frame there; after a batch of events; at a
+    /// violation. Bytes after `consumed` were not looked at.
     pub fn feed_until(
         &mut self,
         data: &[u8],
         now: SystemTime,
         out: &mut Vec<Event>,
-        stop: Stop,
+        opts: FeedOpts,
     ) -> Fed {
         self.violation_at = None;
+        self.violation_mid_frame = false;
         self.current_start = 0;
+        // a frame (or header) in progress began in an earlier chunk
+        self.current_started_here =
+            self.decoder.current().is_none() && self.decoder.partial_header_len() == 0;
         let mut input = data;
         loop {
             let pos = data.len() - input.len();
@@ -216,20 +252,24 @@ impl StreamTap {
                 None => break,
                 Some(Piece::Header(h)) => {
                     self.current_start = pos.saturating_sub(partial);
+                    self.current_started_here = partial == 0;
                     self.on_header(h, now, out);
                 }
                 Some(Piece::Payload { data, offset }) => self.on_payload(data, offset, now, out),
                 Some(Piece::End) => {
                     self.on_end(now, out);
-                    let here = match stop {
+                    let here = match opts.stop {
                         Stop::Never => false,
                         Stop::FrameEnd => true,
                         Stop::MessageEnd => self.message.is_none(),
                     };
-                    if here {
+                    if here || out.len() >= opts.max_events {
                         break;
                     }
                 }
+            }
+            if opts.stop_at_violation && self.violation_at.is_some() {
+                break;
             }
         }
         let consumed = data.len() - input.len();
@@ -237,12 +277,16 @@ impl StreamTap {
         Fed {
             consumed,
             violation_at: self.violation_at,
+            violation_mid_frame: self.violation_mid_frame,
         }
     }
 
     fn violate(&mut self, v: Violation, now: SystemTime, out: &mut Vec<Event>) {
         self.stats.violations += 1;
-        self.violation_at.get_or_insert(self.current_start);
+        if self.violation_at.is_none() {
+            self.violation_at = Some(self.current_start);
+            self.violation_mid_frame = !self.current_started_here;
+        }
         let bit = 1u32 << v.kind();
         if self.reported & bit == 0 {
             self.reported |= bit;
@@ -788,6 +832,70 @@ mod tests {
         w.extend(frame(Opcode::Text, true, None, b"bad"));
         let mut out = Vec::new();
         assert_eq!(t.feed(&w, SystemTime::UNIX_EPOCH, &mut out), Some(at));
+    }
+
+    #[test]
+    fn a_read_of_tiny_frames_is_handed_on_in_batches() {
+        let mut t = tap(Dir::ServerToClient);
+        let one = frame(Opcode::Binary, true, None, b"x");
+        let wire = one.repeat(10);
+        let opts = FeedOpts {
+            max_events: 4,
+            ..FeedOpts::default()
+        };
+        let mut out = Vec::new();
+        let fed = t.feed_until(&wire, SystemTime::UNIX_EPOCH, &mut out, opts);
+        assert_eq!((fed.consumed, out.len()), (4 * one.len(), 4));
+        // the caller feeds the rest, nothing is lost or seen twice
+        let mut rest = Vec::new();
+        let fed = t.feed_until(
+            &wire[fed.consumed..],
+            SystemTime::UNIX_EPOCH,
+            &mut rest,
+            opts,
+        );
+        assert_eq!((fed.consumed, rest.len()), (4 * one.len(), 4));
+        assert_eq!(t.stats().frames, 8);
+    }
+
+    #[test]
+    fn strict_feeding_stops_at_the_violation() {
+        let mut t = tap(Dir::ClientToServer);
+        let mut w = frame(Opcode::Text, true, M, b"ok");
+        let at = w.len();
+        w.extend(frame(Opcode::Text, true, None, b"bad"));
+        w.extend(frame(Opcode::Text, true, M, b"after"));
+        let opts = FeedOpts {
+            stop_at_violation: true,
+            ..FeedOpts::default()
+        };
+        let mut out = Vec::new();
+        let fed = t.feed_until(&w, SystemTime::UNIX_EPOCH, &mut out, opts);
+        assert_eq!(fed.violation_at, Some(at));
+        assert!(!fed.violation_mid_frame);
+        assert!(
+            fed.consumed < w.len(),
+            "the frame after it was not looked at"
+        );
+        let (frames, _) = split(out);
+        assert!(frames.iter().all(|f| f.preview != "after"));
+    }
+
+    #[test]
+    fn a_violation_inside_a_frame_begun_earlier_is_mid_frame() {
+        let mut t = tap(Dir::ServerToClient);
+        // invalid UTF-8 in the second chunk of a text frame's payload
+        let w = frame(Opcode::Text, true, None, b"abc\xff\xfe");
+        let opts = FeedOpts {
+            stop_at_violation: true,
+            ..FeedOpts::default()
+        };
+        let mut out = Vec::new();
+        let first = t.feed_until(&w[..4], SystemTime::UNIX_EPOCH, &mut out, opts);
+        assert_eq!(first.violation_at, None);
+        let fed = t.feed_until(&w[4..], SystemTime::UNIX_EPOCH, &mut out, opts);
+        assert_eq!(fed.violation_at, Some(0));
+        assert!(fed.violation_mid_frame, "{fed:?}");
     }
 
     fn deflate_tap(dir: Dir, no_ctx: bool) -> StreamTap {

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 use super::body::{copy_body, BodyError, Capture};
-use super::io::{BoxIo, Inbound, ReadHeadError};
+use super::io::{write_flush, BoxIo, Inbound, ReadHeadError};
 use super::relay::{self, RelayOptions, Sides};
 use super::upstream::{authority, Connected, Endpoint, UpstreamUrl};
 use super::Shared;
@@ -233,11 +233,6 @@ fn own_response(status: u16, body: &str) -> (ResponseHead, Vec<u8>) {
     let mut bytes = head.to_bytes();
     bytes.extend_from_slice(body.as_bytes());
     (head, bytes)
-}
-
-async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
-    w.write_all(bytes).await?;
-    w.flush().await
 }
 
 impl Conn {

@@ -15,6 +15,14 @@ pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static> Io for T {}
 pub type BoxIo = Box<dyn Io>;
 
+/// Writes all of `bytes` and flushes (a no-op on TCP; TLS streams may hold
+/// records back until flushed).
+pub async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    w.write_all(bytes).await?;
+    w.flush().await
+}
+
 /// Read buffer capacity: a whole loopback TCP read, and more than the
 /// largest head accepted, so a head always fits.
 pub const READ_CAPACITY: usize = 80 * 1024;

@@ -8,18 +8,19 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::io::Inbound;
+use super::io::{write_flush, Inbound};
 use crate::bus::EventTx;
+use crate::bus::MAX_BATCH;
 use crate::proto::event::{ConnId, Dir, Event, EventKind};
 use crate::proto::inject::{self, Injected};
 use crate::proto::session::{RelayEnd, StreamEnd};
 use crate::proto::simulate::IdleRule;
-use crate::proto::stream::{Stop, StreamTap};
+use crate::proto::stream::{FeedOpts, Stop, StreamTap};
 
 /// Once one side has closed its half, the other gets this long without
 /// sending anything before wstap closes the connection: a peer that never
@@ -125,12 +126,9 @@ pub struct Sides<CR, CW, UR, UW> {
 
 /// A random masking key (RFC 6455 §5.3 wants it unpredictable).
 pub fn random_mask() -> [u8; 4] {
+    use ring::rand::SecureRandom;
     let mut m = [0u8; 4];
-    if rustls::crypto::ring::default_provider()
-        .secure_random
-        .fill(&mut m)
-        .is_err()
-    {
+    if ring::rand::SystemRandom::new().fill(&mut m).is_err() {
         let t = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -144,16 +142,18 @@ struct Shared<'a> {
     conn: ConnId,
     events: &'a EventTx,
     opts: &'a RelayOptions,
-    /// Wall-clock milliseconds of the last bytes from each side.
+    /// When the relay started: activity is kept as milliseconds since
+    /// then, on the monotonic clock (a wall-clock step must not cut).
+    started: Instant,
+    /// Milliseconds since `started` of the last bytes from each side.
     last_client: AtomicU64,
     last_server: AtomicU64,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+impl Shared<'_> {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
 }
 
 /// Relays until both directions end, one fails, or wstap cuts the
@@ -182,13 +182,13 @@ where
         up_rd,
         up_wr,
     } = sides;
-    let start = now_ms();
     let shared = Shared {
         conn,
         events,
         opts,
-        last_client: AtomicU64::new(start),
-        last_server: AtomicU64::new(start),
+        started: Instant::now(),
+        last_client: AtomicU64::new(0),
+        last_server: AtomicU64::new(0),
     };
     let up = pump(
         client_rd,
@@ -249,7 +249,12 @@ async fn after_first<F: Future<Output = StreamEnd>>(
                 detail,
             }
         }
-        failed => RelayEnd::Peer(dir, failed),
+        failed => {
+            // the other direction may still hold what its peer needs (a
+            // close frame already read): let it finish, as after a FIN
+            linger(other, other_seen).await;
+            RelayEnd::Peer(dir, failed)
+        }
     }
 }
 
@@ -290,14 +295,14 @@ async fn idle_watch(shared: &Shared<'_>) -> RelayEnd {
     let Some(cut) = &shared.opts.idle_cut else {
         return std::future::pending().await;
     };
-    let after = cut.after.as_millis() as u64;
+    let after = u64::try_from(cut.after.as_millis()).unwrap_or(u64::MAX);
     loop {
         let mut last = shared.last_server.load(Ordering::Relaxed);
         if cut.count_client {
             last = last.max(shared.last_client.load(Ordering::Relaxed));
         }
-        let now = now_ms();
-        if now >= last + after {
+        let now = shared.now_ms();
+        if now >= last.saturating_add(after) {
             return RelayEnd::Cut {
                 reason: "idle-timeout".into(),
                 detail: format!(
@@ -308,13 +313,8 @@ async fn idle_watch(shared: &Shared<'_>) -> RelayEnd {
                 ),
             };
         }
-        tokio::time::sleep(Duration::from_millis(last + after - now)).await;
+        tokio::time::sleep(Duration::from_millis(last.saturating_add(after) - now)).await;
     }
-}
-
-async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
-    w.write_all(bytes).await?;
-    w.flush().await
 }
 
 /// One direction: read, show the tap, forward unchanged, queue the events;
@@ -411,10 +411,15 @@ where
             Some(c) if c.frame().needs_message_boundary() => Stop::MessageEnd,
             Some(_) => Stop::FrameEnd,
         };
-        let fed = tap.feed_until(data, SystemTime::now(), &mut out, stop);
+        let opts = FeedOpts {
+            stop,
+            max_events: MAX_BATCH,
+            stop_at_violation: shared.opts.strict,
+        };
+        let fed = tap.feed_until(data, SystemTime::now(), &mut out, opts);
         let violation = fed.violation_at.filter(|_| shared.opts.strict);
         let n = violation.unwrap_or(fed.consumed).min(fed.consumed);
-        last_seen.store(now_ms(), Ordering::Relaxed);
+        last_seen.store(shared.now_ms(), Ordering::Relaxed);
         let written = if n > 0 {
             write_flush(wr, &data[..n]).await
         } else {
@@ -429,7 +434,14 @@ where
         }
         if violation.is_some() {
             // boxed: a rare path should not size every connection's future
-            return Box::pin(strict_close(wr, tap, shared, other)).await;
+            return Box::pin(strict_close(
+                wr,
+                tap,
+                fed.violation_mid_frame,
+                shared,
+                other,
+            ))
+            .await;
         }
     }
 }
@@ -440,17 +452,27 @@ where
 async fn strict_close<W: AsyncWrite + Unpin>(
     wr: &mut W,
     tap: &StreamTap,
+    mid_frame: bool,
     shared: &Shared<'_>,
     other: &mpsc::Sender<Box<Control>>,
 ) -> StreamEnd {
     let dir = tap.dir();
     let reason = format!("protocol violation by the {}", dir.sender());
-    let detail = format!(
-        "--strict: wstap closed the connection with 1002 (Protocol Error) after the {} broke RFC 6455; the offending frame was not forwarded",
-        dir.sender()
-    );
+    let detail = if mid_frame {
+        format!(
+            "--strict: wstap closed the connection after the {} broke RFC 6455 inside a frame it had partly forwarded; the {} got no close frame (one cannot go inside a frame), the {} got 1002",
+            dir.sender(),
+            dir.receiver(),
+            dir.sender()
+        )
+    } else {
+        format!(
+            "--strict: wstap closed the connection with 1002 (Protocol Error) after the {} broke RFC 6455; the offending frame was not forwarded",
+            dir.sender()
+        )
+    };
     let to_receiver = inject::close(dir, 1002, &reason, random_mask(), shared.opts.max_preview);
-    if write_flush(wr, &to_receiver.wire).await.is_ok() {
+    if !mid_frame && write_flush(wr, &to_receiver.wire).await.is_ok() {
         let ev = Event::conn(
             SystemTime::now(),
             shared.conn,
@@ -459,11 +481,13 @@ async fn strict_close<W: AsyncWrite + Unpin>(
         shared.events.send(ev).await;
     }
     let _ = wr.shutdown().await;
-    let back = match dir {
-        Dir::ClientToServer => Dir::ServerToClient,
-        Dir::ServerToClient => Dir::ClientToServer,
-    };
-    let to_sender = inject::close(back, 1002, &reason, random_mask(), shared.opts.max_preview);
+    let to_sender = inject::close(
+        dir.opposite(),
+        1002,
+        &reason,
+        random_mask(),
+        shared.opts.max_preview,
+    );
     let _ = other.try_send(Box::new(Control::CloseAndEnd {
         frame: to_sender,
         reason: "protocol-violation",

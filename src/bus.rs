@@ -99,13 +99,21 @@ impl EventTx {
     /// Queues every event of `evs` in as few messages as the batch limit
     /// allows, leaving it empty.
     pub async fn send_all(&self, evs: &mut Vec<Event>) {
-        while evs.len() > MAX_BATCH {
-            let rest = evs.split_off(MAX_BATCH);
-            let head = std::mem::replace(evs, rest);
-            self.send_batch(head).await;
+        if evs.len() <= MAX_BATCH {
+            if !evs.is_empty() {
+                self.send_batch(std::mem::take(evs)).await;
+            }
+            return;
         }
-        if !evs.is_empty() {
-            self.send_batch(std::mem::take(evs)).await;
+        // one pass: splitting off the tail again and again would copy it
+        // once per batch
+        let mut all = std::mem::take(evs).into_iter();
+        loop {
+            let batch: Vec<Event> = all.by_ref().take(MAX_BATCH).collect();
+            if batch.is_empty() {
+                break;
+            }
+            self.send_batch(batch).await;
         }
     }
 

@@ -72,9 +72,19 @@ async fn messages_of_every_size_arrive_identical_and_are_logged_in_order() {
             Message::Binary(b) => (Opcode::Binary, b.len()),
             _ => unreachable!(),
         };
+        // the preview is the first 256 payload bytes: text as text, binary
+        // as hex
+        let want = match m {
+            Message::Text(t) => t.as_str()[..len.min(256)].to_string(),
+            Message::Binary(b) => b[..len.min(256)]
+                .iter()
+                .map(|x| format!("{x:02x}"))
+                .collect(),
+            _ => unreachable!(),
+        };
         for f in [c, s] {
             assert_eq!((f.opcode, f.len, f.fin), (op, len as u64, true));
-            assert!(f.preview.len() <= 256 * 2, "preview is capped");
+            assert_eq!(f.preview, want, "preview of a {len}-byte message");
             assert_eq!(f.truncated, len > 256);
         }
         assert!(c.masked && !s.masked);
@@ -153,7 +163,9 @@ async fn fragments_ping_pong_and_close_code_are_logged() {
             ("continuation", false, "fragmented "),
             ("continuation", true, "world"),
             ("ping", true, "p1"),
-            ("close", true, client[4].preview.as_str()),
+            // 4001 (0x0fa1) then "done here", in hex: a close payload
+            // is not text
+            ("close", true, "0fa1646f6e652068657265"),
         ]
     );
     let close = client[4];

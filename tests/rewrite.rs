@@ -386,6 +386,7 @@ async fn idle_timeout_cuts_an_idle_connection_but_not_a_busy_one() {
         after >= Duration::from_millis(1900),
         "cut too early: {after:?}"
     );
+    assert!(after < Duration::from_secs(5), "cut too late: {after:?}");
     assert!(
         !matches!(end, Some(Ok(Message::Close(_)))),
         "no close frame: {end:?}"
@@ -397,6 +398,30 @@ async fn idle_timeout_cuts_an_idle_connection_but_not_a_busy_one() {
     let codes = finding_codes(&evs);
     assert!(codes.contains(&"simulated-hop".to_string()));
     assert!(codes.contains(&"abnormal-closure".to_string()));
+}
+
+#[tokio::test]
+async fn the_idle_timeout_flag_cuts_like_a_load_balancer() {
+    let echo = echo_server(EchoOptions::default()).await;
+    let upstream = format!("ws://{echo}");
+    let p = BinProxy::reverse(&upstream, &["--idle-timeout", "1s", "--quiet"]).await;
+    let (mut ws, _) = ws_client(p.addr, "/idle", &[]).await;
+    let m = Message::text("one");
+    ws.send(m.clone()).await.unwrap();
+    assert_eq!(within("echo", ws.next()).await.unwrap().unwrap(), m);
+    let started = Instant::now();
+    let end = within("the idle cut", ws.next()).await;
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(5),
+        "cut after {after:?}, wanted about 1 s"
+    );
+    assert!(
+        !matches!(end, Some(Ok(Message::Close(_)))),
+        "no close frame, as from a load balancer: {end:?}"
+    );
+    let (status, _) = p.terminate().await;
+    assert!(status.success());
 }
 
 #[tokio::test]

@@ -397,6 +397,11 @@ impl StreamTap {
         if need == 0 {
             return;
         }
+        let Some(m) = h.mask else {
+            // server frames are unmasked: read them where they lie
+            self.consume_plain(&data[..need], inflate, validate, control, now, out);
+            return;
+        };
         // grown to what payloads have needed, up to SCRATCH: a connection
         // of small frames keeps a small buffer
         let mut scratch = std::mem::take(&mut self.scratch);
@@ -409,9 +414,7 @@ impl StreamTap {
             let n = (need - done).min(SCRATCH);
             let buf = &mut scratch[..n];
             buf.copy_from_slice(&data[done..done + n]);
-            if let Some(m) = h.mask {
-                apply_mask(buf, m, offset + done as u64);
-            }
+            apply_mask(buf, m, offset + done as u64);
             self.consume_plain(buf, inflate, validate, control, now, out);
             done += n;
         }

@@ -123,12 +123,17 @@ fn demo_shows_a_handshake_frames_and_exits_zero() {
         "→ text",
         "← text",
         "→ binary",
+        "← binary",
         "→ continuation",
         "→ ping",
         "← pong",
         "→ close",
         "4001 Private Use",
         "http GET / → 200",
+        "verdict: healthy",
+        // the second, broken handshake shows what a finding looks like
+        "! error upgrade-header-missing",
+        "! error http-version-downgrade",
     ] {
         assert!(stderr.contains(needle), "missing {needle:?} in:\n{stderr}");
     }

@@ -21,9 +21,10 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Runtime threads for the relay. One gives the lowest latency and CPU
-    /// per message (measured, see README "Performance"); more can help a
-    /// machine with spare cores and many busy connections.
+    /// Runtime worker threads (the proxy's relay, and check/diff/demo).
+    /// One gives the proxy the lowest latency and CPU per message
+    /// (measured, see README "Performance"); more can help a machine with
+    /// spare cores and many busy connections.
     #[arg(long, global = true, default_value_t = 1, value_name = "N")]
     pub threads: usize,
 }

@@ -162,7 +162,7 @@ fn a_malformed_rules_file_is_refused_with_its_line() {
         ],
         Some(2),
     );
-    assert!(err.contains("line 5"), "{err}");
+    assert!(err.contains("line 6"), "the line of the bad value: {err}");
     assert!(err.contains("Name: value"), "{err}");
     let (_, _, err) = run_bin(
         &[

@@ -357,17 +357,21 @@ impl Rules {
     }
 }
 
+/// Builds an operation from a rules-file value.
+type MakeOp = fn(&str) -> Result<Op, RuleError>;
+
 /// One `[[rule]]` of a rules file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RuleDef {
-    path: Option<String>,
+    // spanned: a bad value is reported on its own line, not the rule's
+    path: Option<toml::Spanned<String>>,
     host: Option<String>,
-    set_request_header: Option<String>,
-    remove_request_header: Option<String>,
-    set_response_header: Option<String>,
-    remove_response_header: Option<String>,
-    upstream_http_version: Option<String>,
+    set_request_header: Option<toml::Spanned<String>>,
+    remove_request_header: Option<toml::Spanned<String>>,
+    set_response_header: Option<toml::Spanned<String>>,
+    remove_response_header: Option<toml::Spanned<String>>,
+    upstream_http_version: Option<toml::Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -395,25 +399,22 @@ pub fn parse_rules_toml(text: &str) -> Result<Rules, RuleError> {
     for spanned in file.rule {
         let line = line_of(text, spanned.span().start);
         let d = spanned.into_inner();
-        let at = |e: RuleError| RuleError::AtLine {
-            line,
+        let at = |v: &toml::Spanned<String>, e: RuleError| RuleError::AtLine {
+            line: line_of(text, v.span().start),
             reason: e.to_string(),
         };
         let mut ops = Vec::new();
-        if let Some(v) = &d.set_request_header {
-            ops.push(Op::set_request(v).map_err(at)?);
-        }
-        if let Some(v) = &d.remove_request_header {
-            ops.push(Op::remove_request(v).map_err(at)?);
-        }
-        if let Some(v) = &d.set_response_header {
-            ops.push(Op::set_response(v).map_err(at)?);
-        }
-        if let Some(v) = &d.remove_response_header {
-            ops.push(Op::remove_response(v).map_err(at)?);
-        }
-        if let Some(v) = &d.upstream_http_version {
-            ops.push(Op::version(v).map_err(at)?);
+        let makers: [(&Option<toml::Spanned<String>>, MakeOp); 5] = [
+            (&d.set_request_header, Op::set_request),
+            (&d.remove_request_header, Op::remove_request),
+            (&d.set_response_header, Op::set_response),
+            (&d.remove_response_header, Op::remove_response),
+            (&d.upstream_http_version, Op::version),
+        ];
+        for (value, make) in makers {
+            if let Some(v) = value {
+                ops.push(make(v.get_ref()).map_err(|e| at(v, e))?);
+            }
         }
         if ops.len() != 1 {
             return Err(RuleError::AtLine {
@@ -425,17 +426,17 @@ pub fn parse_rules_toml(text: &str) -> Result<Rules, RuleError> {
             });
         }
         if let Some(p) = &d.path {
-            if !p.starts_with('/') {
+            if !p.get_ref().starts_with('/') {
                 return Err(RuleError::AtLine {
-                    line,
-                    reason: format!("path {p:?} must start with /"),
+                    line: line_of(text, p.span().start),
+                    reason: format!("path {:?} must start with /", p.get_ref()),
                 });
             }
         }
         rules.push(Rule {
             op: ops.remove(0),
             scope: Scope {
-                path: d.path,
+                path: d.path.map(toml::Spanned::into_inner),
                 host: d.host,
             },
         });
@@ -622,7 +623,14 @@ upstream_http_version = "1.1"
         assert!(e.starts_with("line 2:"), "{e}");
         let bad_value = "[[rule]]\nupstream_http_version = \"1.1\"\n\n[[rule]]\nset_request_header = \"nocolon\"\n";
         let e = parse_rules_toml(bad_value).unwrap_err().to_string();
-        assert!(e.starts_with("line 4:") && e.contains("Name: value"), "{e}");
+        // the line of the bad value, not of its [[rule]]
+        assert!(e.starts_with("line 5:") && e.contains("Name: value"), "{e}");
+        let bad_path = "[[rule]]\nremove_request_header = \"B\"\npath = \"ws\"\n";
+        let e = parse_rules_toml(bad_path).unwrap_err().to_string();
+        assert!(
+            e.starts_with("line 3:") && e.contains("must start with /"),
+            "{e}"
+        );
         let unknown = "[[rule]]\nset_request_headr = \"A: 1\"\n";
         let e = parse_rules_toml(unknown).unwrap_err().to_string();
         assert!(

@@ -35,6 +35,8 @@ pub enum RuleError {
     UnknownRef(String),
     #[error("unclosed `{{` in {0:?} (write `{{{{` for a literal brace)")]
     Unclosed(String),
+    #[error("{0} cannot be rewritten: it frames the body, and wstap forwards the body as the original head framed it (the two would disagree)")]
+    Framing(String),
     #[error("HTTP version must be 1.0 or 1.1, not {0:?}")]
     BadVersion(String),
     #[error("line {line}: {reason}")]
@@ -170,23 +172,33 @@ pub enum Op {
     UpstreamVersion(Version),
 }
 
+/// Refuses the headers that delimit a message body: changing them on one
+/// side only would desynchronise the two connections (request smuggling).
+fn not_framing(name: String) -> Result<String, RuleError> {
+    if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding")
+    {
+        return Err(RuleError::Framing(name));
+    }
+    Ok(name)
+}
+
 impl Op {
     pub fn set_request(arg: &str) -> Result<Op, RuleError> {
         let (n, t) = parse_header_arg(arg)?;
-        Ok(Op::SetRequest(n, t))
+        Ok(Op::SetRequest(not_framing(n)?, t))
     }
 
     pub fn set_response(arg: &str) -> Result<Op, RuleError> {
         let (n, t) = parse_header_arg(arg)?;
-        Ok(Op::SetResponse(n, t))
+        Ok(Op::SetResponse(not_framing(n)?, t))
     }
 
     pub fn remove_request(arg: &str) -> Result<Op, RuleError> {
-        Ok(Op::RemoveRequest(parse_name(arg)?))
+        Ok(Op::RemoveRequest(not_framing(parse_name(arg)?)?))
     }
 
     pub fn remove_response(arg: &str) -> Result<Op, RuleError> {
-        Ok(Op::RemoveResponse(parse_name(arg)?))
+        Ok(Op::RemoveResponse(not_framing(parse_name(arg)?)?))
     }
 
     pub fn version(arg: &str) -> Result<Op, RuleError> {
@@ -601,6 +613,15 @@ mod tests {
             Err(RuleError::BadName(_))
         ));
         assert!(matches!(Op::version("2"), Err(RuleError::BadVersion(_))));
+        // body framing stays as the original head had it
+        assert!(matches!(
+            Op::set_request("Content-Length: 5"),
+            Err(RuleError::Framing(_))
+        ));
+        assert!(matches!(
+            Op::remove_response("transfer-encoding"),
+            Err(RuleError::Framing(_))
+        ));
     }
 
     #[test]

@@ -231,3 +231,27 @@ async fn no_intercept_hosts_are_tunnelled_untouched() {
     assert_eq!((h[0].method.as_str(), h[0].status), ("CONNECT", 200));
     assert_eq!(closes(&evs)[0].reason, "tunnel-closed");
 }
+
+#[tokio::test]
+async fn a_lowercase_connect_is_not_a_tunnel() {
+    // methods are case-sensitive (RFC 9110 §9.1): `connect` is an unknown
+    // method with an authority-form target, which a forward proxy refuses
+    let s = forward_proxy(&TestCa::new("unused"), vec![]).await;
+    let mut c = TcpStream::connect(s.proxy.addr).await.unwrap();
+    send(
+        &mut c,
+        b"connect 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1:443\r\n\r\n",
+    )
+    .await;
+    let resp = String::from_utf8_lossy(&read_all(&mut c).await).into_owned();
+    assert!(
+        resp.starts_with("HTTP/1.1 400") && resp.contains("forward proxy"),
+        "{resp}"
+    );
+    let evs = s.proxy.wait_closes(1).await;
+    assert!(
+        https(&evs).iter().all(|h| h.method != "CONNECT"),
+        "{}",
+        dump(&evs)
+    );
+}

@@ -441,12 +441,16 @@ pub fn request_body(req: &RequestHead) -> Result<BodyKind, FramingError> {
 }
 
 /// The body framing of a response to a request with `method`.
+///
+/// Methods are case-sensitive (RFC 9110 §9.1): `head` is an extension
+/// method whose response has a body like any other, and reading it as HEAD
+/// would leave that body to be taken for the next response.
 pub fn response_body(method: &str, res: &ResponseHead) -> Result<BodyKind, FramingError> {
-    if method.eq_ignore_ascii_case("HEAD")
+    if method == "HEAD"
         || (100..200).contains(&res.status)
         || res.status == 204
         || res.status == 304
-        || (method.eq_ignore_ascii_case("CONNECT") && (200..300).contains(&res.status))
+        || (method == "CONNECT" && (200..300).contains(&res.status))
     {
         return Ok(BodyKind::Empty);
     }
@@ -752,6 +756,11 @@ mod tests {
         let ok_len = res(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n");
         assert_eq!(response_body("GET", &ok_len), Ok(BodyKind::Length(3)));
         assert_eq!(response_body("HEAD", &ok_len), Ok(BodyKind::Empty));
+        // methods are case-sensitive: these are not HEAD and CONNECT
+        assert_eq!(response_body("head", &ok_len), Ok(BodyKind::Length(3)));
+        assert_eq!(response_body("Head", &ok_len), Ok(BodyKind::Length(3)));
+        assert_eq!(response_body("CONNECT", &ok_len), Ok(BodyKind::Empty));
+        assert_eq!(response_body("connect", &ok_len), Ok(BodyKind::Length(3)));
         let no_len = res(b"HTTP/1.0 200 OK\r\n\r\n");
         assert_eq!(response_body("GET", &no_len), Ok(BodyKind::UntilClose));
         let sw = res(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");

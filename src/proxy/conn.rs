@@ -475,7 +475,8 @@ impl Conn {
 
     async fn exchange(&mut self, req: RequestHead, raw: Vec<u8>) -> Step {
         let started = Instant::now();
-        if self.fixed.is_none() && req.method.eq_ignore_ascii_case("CONNECT") {
+        // methods are case-sensitive (RFC 9110 §9.1): `connect` is not CONNECT
+        if self.fixed.is_none() && req.method == "CONNECT" {
             return Step::Connect(req);
         }
         let attempt = handshake::is_attempt(&req);

@@ -897,7 +897,14 @@ where
     }
 }
 
-/// Copies both ways until either side ends; returns how it ended.
+/// Copies both ways until both directions have ended; returns how.
+///
+/// A direction ends at EOF (or a failed read or write); its writer is then
+/// shut down, so the peer sees the FIN while the other direction goes on:
+/// a half-close, as TCP allows. A peer that answers only after the other
+/// side has said all (a request ended by shutdown, `nc -N`) needs it; and a
+/// side that failed does not leave the other waiting on a tunnel that can
+/// never deliver.
 async fn tunnel_pair<A, B, C, D>(
     a_rd: &mut Inbound<A>,
     b_wr: &mut B,
@@ -910,8 +917,16 @@ where
     C: AsyncRead + Unpin,
     D: AsyncWrite + Unpin,
 {
-    let up = copy_body(a_rd, b_wr, BodyKind::UntilClose, None);
-    let down = copy_body(b_rd, a_wr, BodyKind::UntilClose, None);
+    let up = async {
+        let r = copy_body(a_rd, b_wr, BodyKind::UntilClose, None).await;
+        let _ = b_wr.shutdown().await;
+        r
+    };
+    let down = async {
+        let r = copy_body(b_rd, a_wr, BodyKind::UntilClose, None).await;
+        let _ = a_wr.shutdown().await;
+        r
+    };
     let (a, b) = tokio::join!(up, down);
     format!(
         "tunnel ended: client side {}, server side {}",

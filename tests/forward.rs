@@ -255,3 +255,22 @@ async fn a_lowercase_connect_is_not_a_tunnel() {
         dump(&evs)
     );
 }
+
+#[tokio::test]
+async fn a_refused_request_still_sending_its_body_gets_the_answer() {
+    // wstap refuses the request at its head and never reads the body
+    let s = forward_proxy(&TestCa::new("unused"), vec![]).await;
+    let (pieces, piece) = (3, 64 * 1024);
+    let head = format!(
+        "POST /relative HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        pieces * piece
+    );
+    let resp = upload_in_pieces(s.proxy.addr, head.as_bytes(), pieces, piece)
+        .await
+        .unwrap();
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(
+        resp.starts_with("HTTP/1.1 400") && resp.contains("forward proxy"),
+        "{resp}"
+    );
+}

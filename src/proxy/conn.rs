@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 use super::body::{copy_body, BodyError, Capture};
-use super::io::{write_flush, BoxIo, Inbound, ReadHeadError};
+use super::io::{answer_and_linger, write_flush, BoxIo, Inbound, ReadHeadError};
 use super::relay::{self, RelayOptions, Sides};
 use super::upstream::{authority, Connected, Endpoint, UpstreamUrl};
 use super::Shared;
@@ -32,11 +32,6 @@ use crate::proto::rewrite::Context;
 use crate::proto::session::{summarize, EndContext};
 use crate::proto::simulate;
 use crate::proto::stream::{StreamTap, TapConfig};
-
-/// After refusing a request head, input still read (and dropped) so the
-/// answer is not destroyed by a reset; see `Inbound::discard`.
-const LINGER_BYTES: u64 = 1024 * 1024;
-const LINGER_TIME: Duration = Duration::from_secs(2);
 
 /// Bytes of a refused upgrade's body kept for the log.
 const BODY_PREVIEW: usize = 512;
@@ -375,10 +370,7 @@ impl Conn {
         .await;
         if status != 0 {
             let (_, bytes) = own_response(status, &format!("wstap: {message}\n"));
-            let _ = write_flush(&mut self.client_wr, &bytes).await;
-            // hardening: let the answer reach the client before closing
-            let _ = self.client_wr.shutdown().await;
-            self.client_rd.discard(LINGER_BYTES, LINGER_TIME).await;
+            self.answer_and_close(&bytes).await;
         }
         End::new("bad-request", message)
     }
@@ -469,8 +461,15 @@ impl Conn {
         }))
         .await;
         let (_, bytes) = own_response(400, &format!("wstap: {message}\n"));
-        let _ = write_flush(&mut self.client_wr, &bytes).await;
+        self.answer_and_close(&bytes).await;
         Step::Done(End::new("bad-request", message))
+    }
+
+    /// Sends an answer of wstap's own after which the connection ends,
+    /// with a lingering close: the client may still be sending the request
+    /// (its body), and closing on unread bytes would reset the connection.
+    async fn answer_and_close(&mut self, response: &[u8]) {
+        answer_and_linger(&mut self.client_rd, &mut self.client_wr, response).await;
     }
 
     async fn exchange(&mut self, req: RequestHead, raw: Vec<u8>) -> Step {
@@ -489,7 +488,7 @@ impl Conn {
                 }))
                 .await;
                 let (_, bytes) = own_response(400, &format!("wstap: {message}\n"));
-                let _ = write_flush(&mut self.client_wr, &bytes).await;
+                self.answer_and_close(&bytes).await;
                 return Step::Done(End::new("bad-request", message));
             }
         };
@@ -716,7 +715,6 @@ impl Conn {
     ) -> Step {
         let upstream = url.to_string();
         let (head, bytes) = own_response(f.status(), &f.client_body(&upstream));
-        let _ = write_flush(&mut self.client_wr, &bytes).await;
         if handshake::is_attempt(req) {
             let mut view = head.view();
             view.body_preview = Some(f.message());
@@ -732,6 +730,8 @@ impl Conn {
             .await;
         }
         self.emit_finding(f.finding()).await;
+        // after the events: the lingering close may take a while
+        self.answer_and_close(&bytes).await;
         Step::Done(End::new("upstream-failed", f.message()))
     }
 

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -218,4 +218,62 @@ async fn a_dead_upstream_gets_a_502_naming_the_cause() {
     let evs = proxy.wait_closes(1).await;
     assert_eq!(https(&evs)[0].status, 502);
     assert_eq!(finding_codes(&evs), ["upstream-refused"]);
+}
+
+#[tokio::test]
+async fn an_upstream_that_stops_taking_the_body_ends_the_connection_after_its_answer() {
+    // the upstream reads the head and 1 KiB of the body, answers 413 and
+    // closes: wstap's next writes of the body fail
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let up = scripted_upstream(move |mut s| {
+        count.fetch_add(1, Ordering::SeqCst);
+        async move {
+            read_head(&mut s).await;
+            read_n(&mut s, 1024).await;
+            send(
+                &mut s,
+                b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 5\r\n\r\nlarge",
+            )
+            .await;
+        }
+    })
+    .await;
+    let proxy = TestProxy::start_with(&format!("http://{up}"), |c| {
+        c.header_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let rest = 256 * 1024;
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+        1024 + rest
+    );
+    send(&mut c, head.as_bytes()).await;
+    send(&mut c, &[b'a'; 1024]).await;
+    // the upstream has answered and gone when the rest of the body comes
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let _ = c.write_all(&vec![b'b'; rest]).await;
+    // the answer, then the end: the rest of the body must not be read as
+    // a next request, nor go to a reused upstream connection
+    let resp = read_all(&mut c).await;
+    assert_eq!(
+        String::from_utf8_lossy(&resp),
+        "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 5\r\n\r\nlarge"
+    );
+    drop(c);
+    let evs = proxy.wait_closes(1).await;
+    let errors: Vec<_> = evs
+        .iter()
+        .filter_map(|e| match &e.kind {
+            wstap::proto::event::EventKind::Error(x) => Some(x.message.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", dump(&evs));
+    assert!(errors[0].contains("request body"), "{errors:?}");
+    let h = https(&evs);
+    assert_eq!((h.len(), h[0].status), (1, 413), "{}", dump(&evs));
+    assert_eq!(closes(&evs)[0].reason, "server-closed");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 use super::body::{copy_body, BodyError, Capture};
-use super::io::{answer_and_linger, write_flush, BoxIo, Inbound, ReadHeadError};
+use super::io::{answer_and_linger, linger_close, write_flush, BoxIo, Inbound, ReadHeadError};
 use super::relay::{self, RelayOptions, Sides};
 use super::upstream::{authority, Connected, Endpoint, UpstreamUrl};
 use super::Shared;
@@ -526,7 +526,11 @@ impl Conn {
         // A request without a body can be sent again on a fresh connection
         // if a reused one turns out dead before answering.
         let mut tries = if framing == BodyKind::Empty { 2 } else { 1 };
-        let (resp, resp_raw) = loop {
+        let Answer {
+            head: resp,
+            raw: resp_raw,
+            body_cut,
+        } = loop {
             tries -= 1;
             if let Err(f) = self.send_head(&up_raw, &url).await {
                 return self
@@ -556,6 +560,14 @@ impl Conn {
                 }
             }
         };
+        if let Some(e) = &body_cut {
+            self.emit(EventKind::Error(ErrorEvent {
+                message: format!(
+                    "the upstream stopped taking the request body ({e}); the connection ends after its answer"
+                ),
+            }))
+            .await;
+        }
         if let Some(up) = self.upstream.as_mut() {
             up.reused = true;
         }
@@ -653,6 +665,18 @@ impl Conn {
             }
             Ok(_) => {}
         }
+        if let Some(e) = body_cut {
+            // The upstream connection took only part of the body: it cannot
+            // carry another request. The rest of the body is still on its
+            // way from the client, where it cannot be told from a next
+            // request: drain it and end (a lingering close).
+            self.drop_upstream();
+            linger_close(&mut self.client_rd, &mut self.client_wr).await;
+            return Step::Done(End::new(
+                "server-closed",
+                format!("the upstream stopped taking the request body: {e}"),
+            ));
+        }
         if resp_framing == BodyKind::UntilClose || !resp.keep_alive() || !up_req.keep_alive() {
             self.drop_upstream();
         }
@@ -678,7 +702,7 @@ impl Conn {
         &mut self,
         framing: BodyKind,
         timeout: Option<Duration>,
-    ) -> Result<(ResponseHead, Vec<u8>), ExchangeError> {
+    ) -> Result<Answer, ExchangeError> {
         let Some(up) = self.upstream.as_mut() else {
             return Err(ExchangeError::Upstream(
                 UpstreamFailure::Dropped {
@@ -697,9 +721,20 @@ impl Conn {
         let body = copy_body(&mut self.client_rd, &mut up.wr, framing, None);
         let head = read_final_head(&mut up.rd, &mut self.client_wr, timeout, &addr);
         let (body, head) = tokio::join!(body, head);
-        let head = head.map_err(|f| ExchangeError::Upstream(f, reused))?;
+        let (head, raw) = head.map_err(|f| ExchangeError::Upstream(f, reused))?;
         match body {
-            Ok(_) | Err(BodyError::Write(_)) => Ok(head),
+            Ok(_) => Ok(Answer {
+                head,
+                raw,
+                body_cut: None,
+            }),
+            // the upstream answered without taking the whole body (an
+            // early 413, say): relay the answer, then end
+            Err(e @ BodyError::Write(_)) => Ok(Answer {
+                head,
+                raw,
+                body_cut: Some(e),
+            }),
             Err(e) => Err(ExchangeError::Client(e)),
         }
     }
@@ -843,6 +878,14 @@ impl Conn {
         let drain = (shared.cfg.grace / 2).min(relay::DRAIN);
         relay::close_gently(&mut sides, drain).await;
     }
+}
+
+/// The upstream's final response head, as parsed and as read.
+struct Answer {
+    head: ResponseHead,
+    raw: Vec<u8>,
+    /// Writing the request body upstream failed part way.
+    body_cut: Option<BodyError>,
 }
 
 enum ExchangeError {

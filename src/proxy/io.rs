@@ -40,11 +40,21 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    use tokio::io::AsyncWriteExt;
     if write_flush(wr, response).await.is_err() {
         // the client is gone: nobody is left to read the answer
         return;
     }
+    linger_close(rd, wr).await;
+}
+
+/// The closing half of [`answer_and_linger`], for an answer already sent:
+/// shuts down the write half, then drains the input (bounded).
+pub async fn linger_close<R, W>(rd: &mut Inbound<R>, wr: &mut W)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
     let _ = wr.shutdown().await;
     rd.discard(LINGER_BYTES, LINGER_TIME).await;
 }

@@ -277,3 +277,99 @@ async fn an_upstream_that_stops_taking_the_body_ends_the_connection_after_its_an
     assert_eq!(closes(&evs)[0].reason, "server-closed");
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
+
+/// What the upstream's first connection does with its second request.
+#[derive(Clone, Copy)]
+enum OnReuse {
+    /// closes without a byte of response (a keep-alive timeout racing the request)
+    Close,
+    /// says nothing, holding the connection open
+    Silence,
+}
+
+/// An upstream whose first connection answers one request, then treats the
+/// next as `on_reuse` says; later connections answer `retried` and close.
+/// Returns its address and a count of accepted connections.
+async fn upstream_failing_on_reuse(on_reuse: OnReuse) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let addr = scripted_upstream(move |mut s| {
+        let first = count.fetch_add(1, Ordering::SeqCst) == 0;
+        async move {
+            read_head(&mut s).await;
+            if !first {
+                send(
+                    &mut s,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\nretried",
+                )
+                .await;
+                return;
+            }
+            send(&mut s, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+            read_head(&mut s).await;
+            if let OnReuse::Silence = on_reuse {
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            }
+        }
+    })
+    .await;
+    (addr, accepted)
+}
+
+/// Sends a first request, then `second` on the same (now reused) upstream
+/// connection; returns everything the client got for the second.
+async fn second_request(proxy: std::net::SocketAddr, second: &[u8]) -> String {
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    send(&mut c, b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let (_, body) = read_response(&mut c).await;
+    assert_eq!(body, b"ok");
+    send(&mut c, second).await;
+    let (head, body) = read_response(&mut c).await;
+    format!("{head}{}", String::from_utf8_lossy(&body))
+}
+
+#[tokio::test]
+async fn a_get_on_a_dropped_keep_alive_connection_is_sent_again() {
+    let (up, accepted) = upstream_failing_on_reuse(OnReuse::Close).await;
+    let proxy = TestProxy::start(&format!("http://{up}")).await;
+    let resp = second_request(proxy.addr, b"GET /second HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(
+        resp.starts_with("HTTP/1.1 200") && resp.ends_with("retried"),
+        "{resp}"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_post_on_a_dropped_keep_alive_connection_is_not_sent_again() {
+    // not idempotent: the upstream may have acted on it before it closed
+    let (up, accepted) = upstream_failing_on_reuse(OnReuse::Close).await;
+    let proxy = TestProxy::start(&format!("http://{up}")).await;
+    let resp = second_request(
+        proxy.addr,
+        b"POST /second HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    let evs = proxy.wait_closes(1).await;
+    assert_eq!(finding_codes(&evs), ["upstream-closed"], "{}", dump(&evs));
+}
+
+#[tokio::test]
+async fn a_reused_connection_that_times_out_is_not_tried_again() {
+    // silence is not a stale connection: the upstream may be working on it
+    let (up, accepted) = upstream_failing_on_reuse(OnReuse::Silence).await;
+    let proxy = TestProxy::start_with(&format!("http://{up}"), |c| {
+        c.handshake_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let resp = second_request(
+        proxy.addr,
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 504"), "{resp}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}

@@ -413,7 +413,10 @@ impl Conn {
     }
 
     /// Sends the request head upstream, reconnecting once when a reused
-    /// keep-alive connection turns out to be closed.
+    /// keep-alive connection turns out to be closed. Safe for any method:
+    /// a write that fails never delivered the whole head, so the upstream
+    /// cannot have acted on it (a stale connection usually takes the write
+    /// and fails at the read instead, where `exchange` decides).
     async fn send_head(&mut self, bytes: &[u8], url: &UpstreamUrl) -> Result<(), UpstreamFailure> {
         for attempt in 0..2 {
             self.ensure_upstream(url).await?;
@@ -523,9 +526,14 @@ impl Conn {
             ..Default::default()
         };
 
-        // A request without a body can be sent again on a fresh connection
-        // if a reused one turns out dead before answering.
-        let mut tries = if framing == BodyKind::Empty { 2 } else { 1 };
+        // A request may go again on a fresh connection when a reused one
+        // turns out stale (see `ExchangeError::Upstream`), and only if
+        // sending it twice is harmless: a safe method without a body (RFC
+        // 9112 §9.3.1: no automatic retry of a non-idempotent request; the
+        // upstream may have acted on it before it closed).
+        let resendable =
+            matches!(req.method.as_str(), "GET" | "HEAD" | "OPTIONS") && framing == BodyKind::Empty;
+        let mut tries = if resendable { 2 } else { 1 };
         let Answer {
             head: resp,
             raw: resp_raw,
@@ -550,9 +558,9 @@ impl Conn {
                     .await;
                     return Step::Done(End::new("client-closed", message));
                 }
-                Err(ExchangeError::Upstream(f, reused)) => {
+                Err(ExchangeError::Upstream(f, stale)) => {
                     self.drop_upstream();
-                    if !(reused && tries > 0) {
+                    if !(stale && tries > 0) {
                         return self
                             .upstream_failed(&req, hs, f, started, &rewrites, &url)
                             .await;
@@ -718,10 +726,15 @@ impl Conn {
         };
         let reused = up.reused;
         let addr = up.addr.to_string();
+        let read_before = up.rd.total;
         let body = copy_body(&mut self.client_rd, &mut up.wr, framing, None);
         let head = read_final_head(&mut up.rd, &mut self.client_wr, timeout, &addr);
         let (body, head) = tokio::join!(body, head);
-        let (head, raw) = head.map_err(|f| ExchangeError::Upstream(f, reused))?;
+        let (head, raw) = head.map_err(|f| {
+            let silent = up.rd.total == read_before && up.rd.buffered().is_empty();
+            let stale = reused && silent && matches!(f, UpstreamFailure::Dropped { .. });
+            ExchangeError::Upstream(f, stale)
+        })?;
         match body {
             Ok(_) => Ok(Answer {
                 head,
@@ -890,7 +903,10 @@ struct Answer {
 
 enum ExchangeError {
     Client(BodyError),
-    /// The failure, and whether the connection had been reused.
+    /// The failure, and whether it looks like a stale keep-alive
+    /// connection: a reused one the upstream closed (or reset) before a
+    /// byte of answer. A timeout is not: the upstream may be working on
+    /// the request.
     Upstream(UpstreamFailure, bool),
 }
 

@@ -274,3 +274,44 @@ async fn a_refused_request_still_sending_its_body_gets_the_answer() {
         "{resp}"
     );
 }
+
+#[tokio::test]
+async fn an_intercepted_connect_whose_client_is_gone_still_gets_a_close() {
+    // the client resets right after asking: wstap's 200 cannot be written
+    let s = forward_proxy(&TestCa::new("unused"), vec![]).await;
+    let mut c = TcpStream::connect(s.proxy.addr).await.unwrap();
+    send(
+        &mut c,
+        b"CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1:443\r\n\r\n",
+    )
+    .await;
+    // SO_LINGER 0: close() sends RST; no await in between, so wstap (on
+    // this test's one thread) reads the request only after the reset
+    c.set_zero_linger().unwrap();
+    drop(c);
+    let evs = s.proxy.wait_closes(1).await;
+    let cl = closes(&evs);
+    assert_eq!(cl.len(), 1, "{}", dump(&evs));
+    assert_eq!(cl[0].reason, "client-closed", "{}", dump(&evs));
+}
+
+#[tokio::test]
+async fn an_intercepted_connect_to_a_dead_upstream_gets_a_502_and_a_close() {
+    let (_held, port) = closed_port();
+    let s = forward_proxy(&TestCa::new("unused"), vec![]).await;
+    let target: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let tunnel = connect(s.proxy.addr, target).await;
+    let mut tls = tls_over(tunnel, s.wstap_ca.clone()).await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = Vec::new();
+    let _ = within("the answer", tls.read_to_end(&mut resp)).await;
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
+    let evs = s.proxy.wait_closes(1).await;
+    let cl = closes(&evs);
+    assert_eq!(cl.len(), 1, "{}", dump(&evs));
+    assert_eq!(cl[0].reason, "upstream-failed");
+    assert_eq!(finding_codes(&evs), ["upstream-refused"]);
+}

@@ -340,6 +340,13 @@ impl Conn {
                 }
             }
         };
+        self.finish(end).await;
+    }
+
+    /// Ends a connection that did not become a WebSocket: closes the
+    /// client's side and sends the `close` event, which every connection
+    /// gets exactly once.
+    pub(super) async fn finish(mut self, end: End) {
         let _ = self.client_wr.shutdown().await;
         let ended = SystemTime::now();
         let up_total = self.upstream_bytes + self.upstream.as_ref().map_or(0, |u| u.rd.total);

@@ -91,18 +91,29 @@ async fn connect_event(conn: &Conn, req: &RequestHead, started: Instant) {
 
 /// Terminates the client's TLS with a leaf for the host it asked for and
 /// serves the requests inside like reverse mode, upstream `https://host:port`.
+///
+/// Every way out sends the connection's `close`: here through
+/// [`Conn::finish`] until the client's TLS is taken over, then through
+/// `client_tls_failed` or the inner connection's own end.
 pub(super) async fn intercept(mut conn: Conn, req: RequestHead) {
     let started = Instant::now();
-    let Some((host, port)) = connect_target(&req.target) else {
-        return;
+    let interceptor = match &conn.shared.cfg.mode {
+        Mode::Forward(fwd) => Some(fwd.interceptor.clone()),
+        Mode::Reverse(_) => None,
     };
-    let Mode::Forward(fwd) = &conn.shared.cfg.mode else {
-        return;
+    // `intercepts` checked both before calling: kept for the close
+    let (Some((host, port)), Some(interceptor)) = (connect_target(&req.target), interceptor) else {
+        let message = format!("cannot intercept CONNECT {:?}", req.target);
+        return conn.finish(End::new("error", message)).await;
     };
-    let interceptor = fwd.interceptor.clone();
     if conn.client_wr.write_all(ESTABLISHED).await.is_err() || conn.client_wr.flush().await.is_err()
     {
-        return;
+        return conn
+            .finish(End::new(
+                "client-closed",
+                "the client went away before the tunnel opened",
+            ))
+            .await;
     }
     connect_event(&conn, &req, started).await;
     let Conn {

@@ -315,3 +315,18 @@ async fn an_intercepted_connect_to_a_dead_upstream_gets_a_502_and_a_close() {
     assert_eq!(cl[0].reason, "upstream-failed");
     assert_eq!(finding_codes(&evs), ["upstream-refused"]);
 }
+
+#[tokio::test]
+async fn a_connect_without_a_host_gets_a_400() {
+    let s = forward_proxy(&TestCa::new("unused"), vec![]).await;
+    let mut c = TcpStream::connect(s.proxy.addr).await.unwrap();
+    send(&mut c, b"CONNECT :443 HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let resp = String::from_utf8_lossy(&read_all(&mut c).await).into_owned();
+    drop(c);
+    assert!(
+        resp.starts_with("HTTP/1.1 400") && resp.contains("CONNECT needs host:port"),
+        "{resp}"
+    );
+    let evs = s.proxy.wait_closes(1).await;
+    assert_eq!(closes(&evs)[0].reason, "bad-request");
+}

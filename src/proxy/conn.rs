@@ -464,8 +464,8 @@ impl Conn {
         })
     }
 
-    /// Answers a request the proxy cannot route.
-    async fn refuse_route(&mut self, message: String) -> Step {
+    /// Answers a request the proxy cannot route (400) and ends.
+    pub(super) async fn refuse_route(&mut self, message: String) -> Step {
         self.emit(EventKind::Error(ErrorEvent {
             message: message.clone(),
         }))

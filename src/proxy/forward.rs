@@ -11,7 +11,7 @@ use super::conn::{client_tls_failed, Conn, End, Step};
 use super::io::{BoxIo, Prefixed};
 use super::upstream::{split_host_port, Scheme, UpstreamUrl};
 use super::{Mode, Shared};
-use crate::proto::event::{ErrorEvent, EventKind, Handshake, HttpExchange, ResponseView};
+use crate::proto::event::{EventKind, Handshake, HttpExchange, ResponseView};
 use crate::proto::http::RequestHead;
 
 const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
@@ -150,11 +150,10 @@ pub(super) async fn tunnel(conn: &mut Conn, req: RequestHead) -> End {
     let started = Instant::now();
     let Some((host, port)) = connect_target(&req.target) else {
         let message = format!("CONNECT needs host:port, not {:?}", req.target);
-        conn.emit(EventKind::Error(ErrorEvent {
-            message: message.clone(),
-        }))
-        .await;
-        return End::new("bad-request", message);
+        return match conn.refuse_route(message).await {
+            Step::Done(end) => end,
+            _ => End::new("bad-request", "CONNECT without host:port"),
+        };
     };
     let url = UpstreamUrl {
         scheme: Scheme::Http,

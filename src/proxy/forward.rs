@@ -101,7 +101,8 @@ pub(super) async fn intercept(mut conn: Conn, req: RequestHead) {
         Mode::Forward(fwd) => Some(fwd.interceptor.clone()),
         Mode::Reverse(_) => None,
     };
-    // `intercepts` checked both before calling: kept for the close
+    // `intercepts` checked both before the call; were it not so, the
+    // connection would still get its close
     let (Some((host, port)), Some(interceptor)) = (connect_target(&req.target), interceptor) else {
         let message = format!("cannot intercept CONNECT {:?}", req.target);
         return conn.finish(End::new("error", message)).await;

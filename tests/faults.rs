@@ -1,6 +1,7 @@
 //! Peers that misbehave: an upstream that dies in the middle of a message,
 //! a client that resets, an upstream that accepts TCP and never answers
-//! the handshake, and half-closes in each direction. Each ends with the
+//! the handshake, and half-closes in each direction (on a WebSocket and on
+//! a plain tunnel after a non-WebSocket 101). Each ends with the
 //! right `close` event and finding, and wstap keeps serving.
 
 mod common;
@@ -237,4 +238,83 @@ async fn a_server_half_close_reaches_the_client_which_can_still_send() {
     let close = only_close(&evs);
     assert_eq!(close.reason, "server-closed", "{}", dump(&evs));
     assert_eq!((close.frames_from_client, close.frames_from_server), (1, 1));
+}
+
+/// A request to switch to a protocol other than WebSocket: a 101 to it
+/// makes wstap a plain two-way tunnel.
+const OTHER_UPGRADE: &[u8] =
+    b"GET /tunnel HTTP/1.1\r\nHost: a\r\nUpgrade: x-test\r\nConnection: Upgrade\r\n\r\n";
+const OTHER_SWITCHING: &[u8] =
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x-test\r\nConnection: Upgrade\r\n\r\n";
+
+#[tokio::test]
+async fn a_tunnel_passes_the_client_half_close_on_and_the_answer_back() {
+    // the upstream answers only once the client has said all (its FIN)
+    let up = scripted_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        send(&mut s, OTHER_SWITCHING).await;
+        let got = read_all(&mut s).await;
+        send(
+            &mut s,
+            format!("heard {:?}", String::from_utf8_lossy(&got)).as_bytes(),
+        )
+        .await;
+    })
+    .await;
+    let proxy = TestProxy::start(&format!("http://{up}")).await;
+    let mut c = within("connect", TcpStream::connect(proxy.addr))
+        .await
+        .unwrap();
+    send(&mut c, OTHER_UPGRADE).await;
+    let head = String::from_utf8_lossy(&read_head(&mut c).await).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    send(&mut c, b"all I have").await;
+    within("shutdown", c.shutdown()).await.unwrap();
+    let back = read_all(&mut c).await;
+    assert_eq!(String::from_utf8_lossy(&back), "heard \"all I have\"");
+    let evs = proxy.wait_closes(1).await;
+    assert_eq!(only_close(&evs).reason, "tunnel-closed", "{}", dump(&evs));
+}
+
+#[tokio::test]
+async fn a_tunnel_passes_the_server_half_close_on_and_the_client_can_still_send() {
+    let (heard_tx, heard_rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
+    let heard_tx = std::sync::Arc::new(std::sync::Mutex::new(Some(heard_tx)));
+    let up = scripted_upstream(move |mut s| {
+        let heard_tx = heard_tx.clone();
+        async move {
+            read_head(&mut s).await;
+            send(&mut s, OTHER_SWITCHING).await;
+            send(&mut s, b"done talking").await;
+            s.shutdown().await.unwrap();
+            // still listening
+            let got = read_all(&mut s).await;
+            if let Some(tx) = heard_tx.lock().unwrap().take() {
+                let _ = tx.send(got);
+            }
+        }
+    })
+    .await;
+    let proxy = TestProxy::start(&format!("http://{up}")).await;
+    let mut c = within("connect", TcpStream::connect(proxy.addr))
+        .await
+        .unwrap();
+    send(&mut c, OTHER_UPGRADE).await;
+    let head = String::from_utf8_lossy(&read_head(&mut c).await).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let (mut rd, mut wr) = c.split();
+    let mut got = Vec::new();
+    within("the server's half-close", rd.read_to_end(&mut got))
+        .await
+        .unwrap();
+    assert_eq!(got, b"done talking");
+    within("send", wr.write_all(b"one more")).await.unwrap();
+    within("shutdown", wr.shutdown()).await.unwrap();
+    let heard = within("what the upstream heard", heard_rx).await.unwrap();
+    assert_eq!(
+        heard, b"one more",
+        "the upstream got the client's last bytes"
+    );
+    let evs = proxy.wait_closes(1).await;
+    assert_eq!(only_close(&evs).reason, "tunnel-closed", "{}", dump(&evs));
 }

@@ -231,3 +231,102 @@ async fn no_intercept_hosts_are_tunnelled_untouched() {
     assert_eq!((h[0].method.as_str(), h[0].status), ("CONNECT", 200));
     assert_eq!(closes(&evs)[0].reason, "tunnel-closed");
 }
+
+#[tokio::test]
+async fn a_lowercase_connect_is_not_a_tunnel() {
+    // methods are case-sensitive (RFC 9110 §9.1): `connect` is an unknown
+    // method with an authority-form target, which a forward proxy refuses
+    let s = forward_proxy(&TestCa::new("unused"), vec![]).await;
+    let mut c = TcpStream::connect(s.proxy.addr).await.unwrap();
+    send(
+        &mut c,
+        b"connect 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1:443\r\n\r\n",
+    )
+    .await;
+    let resp = String::from_utf8_lossy(&read_all(&mut c).await).into_owned();
+    assert!(
+        resp.starts_with("HTTP/1.1 400") && resp.contains("forward proxy"),
+        "{resp}"
+    );
+    let evs = s.proxy.wait_closes(1).await;
+    assert!(
+        https(&evs).iter().all(|h| h.method != "CONNECT"),
+        "{}",
+        dump(&evs)
+    );
+}
+
+#[tokio::test]
+async fn a_refused_request_still_sending_its_body_gets_the_answer() {
+    // wstap refuses the request at its head and never reads the body
+    let s = forward_proxy(&TestCa::new("unused"), vec![]).await;
+    let (pieces, piece) = (3, 64 * 1024);
+    let head = format!(
+        "POST /relative HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        pieces * piece
+    );
+    let resp = upload_in_pieces(s.proxy.addr, head.as_bytes(), pieces, piece)
+        .await
+        .unwrap();
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(
+        resp.starts_with("HTTP/1.1 400") && resp.contains("forward proxy"),
+        "{resp}"
+    );
+}
+
+#[tokio::test]
+async fn an_intercepted_connect_whose_client_is_gone_still_gets_a_close() {
+    // the client resets right after asking: wstap's 200 cannot be written
+    let s = forward_proxy(&TestCa::new("unused"), vec![]).await;
+    let mut c = TcpStream::connect(s.proxy.addr).await.unwrap();
+    send(
+        &mut c,
+        b"CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1:443\r\n\r\n",
+    )
+    .await;
+    // SO_LINGER 0: close() sends RST; no await in between, so wstap (on
+    // this test's one thread) reads the request only after the reset
+    c.set_zero_linger().unwrap();
+    drop(c);
+    let evs = s.proxy.wait_closes(1).await;
+    let cl = closes(&evs);
+    assert_eq!(cl.len(), 1, "{}", dump(&evs));
+    assert_eq!(cl[0].reason, "client-closed", "{}", dump(&evs));
+}
+
+#[tokio::test]
+async fn an_intercepted_connect_to_a_dead_upstream_gets_a_502_and_a_close() {
+    let (_held, port) = closed_port();
+    let s = forward_proxy(&TestCa::new("unused"), vec![]).await;
+    let target: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let tunnel = connect(s.proxy.addr, target).await;
+    let mut tls = tls_over(tunnel, s.wstap_ca.clone()).await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = Vec::new();
+    let _ = within("the answer", tls.read_to_end(&mut resp)).await;
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
+    let evs = s.proxy.wait_closes(1).await;
+    let cl = closes(&evs);
+    assert_eq!(cl.len(), 1, "{}", dump(&evs));
+    assert_eq!(cl[0].reason, "upstream-failed");
+    assert_eq!(finding_codes(&evs), ["upstream-refused"]);
+}
+
+#[tokio::test]
+async fn a_connect_without_a_host_gets_a_400() {
+    let s = forward_proxy(&TestCa::new("unused"), vec![]).await;
+    let mut c = TcpStream::connect(s.proxy.addr).await.unwrap();
+    send(&mut c, b"CONNECT :443 HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let resp = String::from_utf8_lossy(&read_all(&mut c).await).into_owned();
+    drop(c);
+    assert!(
+        resp.starts_with("HTTP/1.1 400") && resp.contains("CONNECT needs host:port"),
+        "{resp}"
+    );
+    let evs = s.proxy.wait_closes(1).await;
+    assert_eq!(closes(&evs)[0].reason, "bad-request");
+}

@@ -264,3 +264,43 @@ async fn an_idle_connection_that_never_sends_gets_408() {
     assert_eq!(error_messages(&evs).len(), 1, "{}", dump(&evs));
     assert_eq!(closes(&evs)[0].reason, "bad-request");
 }
+
+/// A body wstap never reads (it answers first), sent in pieces that take
+/// longer than wstap needs to answer.
+const PIECES: usize = 3;
+const PIECE: usize = 64 * 1024;
+
+#[tokio::test]
+async fn a_client_still_sending_a_body_reads_the_502_for_a_dead_upstream() {
+    let (_held, port) = closed_port();
+    let proxy = TestProxy::start(&format!("http://127.0.0.1:{port}")).await;
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+        PIECES * PIECE
+    );
+    let resp = upload_in_pieces(proxy.addr, head.as_bytes(), PIECES, PIECE)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&resp);
+    assert_eq!(status_of(&resp), Some(502), "{text}");
+    assert!(text.ends_with('\n'), "the whole answer arrived: {text}");
+    let evs = proxy.wait_closes(1).await;
+    assert_eq!(closes(&evs)[0].reason, "upstream-failed", "{}", dump(&evs));
+}
+
+#[tokio::test]
+async fn a_client_still_sending_a_body_reads_the_400_for_an_unframeable_request() {
+    let echo = echo_server(EchoOptions::default()).await;
+    let proxy = TestProxy::start(&format!("http://{echo}")).await;
+    // a Transfer-Encoding that does not end in chunked: the length is unknowable
+    let head = b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n";
+    let resp = upload_in_pieces(proxy.addr, head, PIECES, PIECE)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&resp);
+    assert_eq!(status_of(&resp), Some(400), "{text}");
+    assert!(text.contains("does not end in chunked"), "{text}");
+    let evs = proxy.wait_closes(1).await;
+    assert_eq!(error_messages(&evs).len(), 1, "{}", dump(&evs));
+    assert_eq!(closes(&evs)[0].reason, "bad-request");
+}

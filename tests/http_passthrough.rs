@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -218,4 +218,158 @@ async fn a_dead_upstream_gets_a_502_naming_the_cause() {
     let evs = proxy.wait_closes(1).await;
     assert_eq!(https(&evs)[0].status, 502);
     assert_eq!(finding_codes(&evs), ["upstream-refused"]);
+}
+
+#[tokio::test]
+async fn an_upstream_that_stops_taking_the_body_ends_the_connection_after_its_answer() {
+    // the upstream reads the head and 1 KiB of the body, answers 413 and
+    // closes: wstap's next writes of the body fail
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let up = scripted_upstream(move |mut s| {
+        count.fetch_add(1, Ordering::SeqCst);
+        async move {
+            read_head(&mut s).await;
+            read_n(&mut s, 1024).await;
+            send(
+                &mut s,
+                b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 5\r\n\r\nlarge",
+            )
+            .await;
+        }
+    })
+    .await;
+    let proxy = TestProxy::start_with(&format!("http://{up}"), |c| {
+        c.header_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let rest = 256 * 1024;
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+        1024 + rest
+    );
+    send(&mut c, head.as_bytes()).await;
+    send(&mut c, &[b'a'; 1024]).await;
+    // the upstream has answered and gone when the rest of the body comes
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let _ = c.write_all(&vec![b'b'; rest]).await;
+    // the answer, then the end: the rest of the body must not be read as
+    // a next request, nor go to a reused upstream connection
+    let resp = read_all(&mut c).await;
+    assert_eq!(
+        String::from_utf8_lossy(&resp),
+        "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 5\r\n\r\nlarge"
+    );
+    drop(c);
+    let evs = proxy.wait_closes(1).await;
+    let errors: Vec<_> = evs
+        .iter()
+        .filter_map(|e| match &e.kind {
+            wstap::proto::event::EventKind::Error(x) => Some(x.message.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", dump(&evs));
+    assert!(errors[0].contains("request body"), "{errors:?}");
+    let h = https(&evs);
+    assert_eq!((h.len(), h[0].status), (1, 413), "{}", dump(&evs));
+    assert_eq!(closes(&evs)[0].reason, "server-closed");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+/// What the upstream's first connection does with its second request.
+#[derive(Clone, Copy)]
+enum OnReuse {
+    /// closes without a byte of response (a keep-alive timeout racing the request)
+    Close,
+    /// says nothing, holding the connection open
+    Silence,
+}
+
+/// An upstream whose first connection answers one request, then treats the
+/// next as `on_reuse` says; later connections answer `retried` and close.
+/// Returns its address and a count of accepted connections.
+async fn upstream_failing_on_reuse(on_reuse: OnReuse) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let addr = scripted_upstream(move |mut s| {
+        let first = count.fetch_add(1, Ordering::SeqCst) == 0;
+        async move {
+            read_head(&mut s).await;
+            if !first {
+                send(
+                    &mut s,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\nretried",
+                )
+                .await;
+                return;
+            }
+            send(&mut s, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+            read_head(&mut s).await;
+            if let OnReuse::Silence = on_reuse {
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            }
+        }
+    })
+    .await;
+    (addr, accepted)
+}
+
+/// Sends a first request, then `second` on the same (now reused) upstream
+/// connection; returns everything the client got for the second.
+async fn second_request(proxy: std::net::SocketAddr, second: &[u8]) -> String {
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    send(&mut c, b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let (_, body) = read_response(&mut c).await;
+    assert_eq!(body, b"ok");
+    send(&mut c, second).await;
+    let (head, body) = read_response(&mut c).await;
+    format!("{head}{}", String::from_utf8_lossy(&body))
+}
+
+#[tokio::test]
+async fn a_get_on_a_dropped_keep_alive_connection_is_sent_again() {
+    let (up, accepted) = upstream_failing_on_reuse(OnReuse::Close).await;
+    let proxy = TestProxy::start(&format!("http://{up}")).await;
+    let resp = second_request(proxy.addr, b"GET /second HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(
+        resp.starts_with("HTTP/1.1 200") && resp.ends_with("retried"),
+        "{resp}"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_post_on_a_dropped_keep_alive_connection_is_not_sent_again() {
+    // not idempotent: the upstream may have acted on it before it closed
+    let (up, accepted) = upstream_failing_on_reuse(OnReuse::Close).await;
+    let proxy = TestProxy::start(&format!("http://{up}")).await;
+    let resp = second_request(
+        proxy.addr,
+        b"POST /second HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    let evs = proxy.wait_closes(1).await;
+    assert_eq!(finding_codes(&evs), ["upstream-closed"], "{}", dump(&evs));
+}
+
+#[tokio::test]
+async fn a_reused_connection_that_times_out_is_not_tried_again() {
+    // silence is not a stale connection: the upstream may be working on it
+    let (up, accepted) = upstream_failing_on_reuse(OnReuse::Silence).await;
+    let proxy = TestProxy::start_with(&format!("http://{up}"), |c| {
+        c.handshake_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let resp = second_request(
+        proxy.addr,
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 504"), "{resp}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }

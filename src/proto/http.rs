@@ -441,12 +441,16 @@ pub fn request_body(req: &RequestHead) -> Result<BodyKind, FramingError> {
 }
 
 /// The body framing of a response to a request with `method`.
+///
+/// Methods are case-sensitive (RFC 9110 §9.1): `head` is an extension
+/// method whose response has a body like any other, and reading it as HEAD
+/// would leave that body to be taken for the next response.
 pub fn response_body(method: &str, res: &ResponseHead) -> Result<BodyKind, FramingError> {
-    if method.eq_ignore_ascii_case("HEAD")
+    if method == "HEAD"
         || (100..200).contains(&res.status)
         || res.status == 204
         || res.status == 304
-        || (method.eq_ignore_ascii_case("CONNECT") && (200..300).contains(&res.status))
+        || (method == "CONNECT" && (200..300).contains(&res.status))
     {
         return Ok(BodyKind::Empty);
     }
@@ -461,6 +465,9 @@ pub fn response_body(method: &str, res: &ResponseHead) -> Result<BodyKind, Frami
         None => BodyKind::UntilClose,
     })
 }
+
+const BARE_LF_SIZE: FramingError =
+    FramingError::BadChunk("chunk size line not ended by CRLF (bare LF)");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ChunkState {
@@ -480,6 +487,11 @@ enum ChunkState {
 /// Finds the end of a chunked body in a byte stream without decoding it:
 /// the relay forwards the chunked bytes unchanged and only needs to know
 /// where the next message starts.
+///
+/// Every line of the framing must end in CRLF (RFC 9112 §7.1). A lone LF
+/// is refused, as in heads: wstap forwards the bytes as they came, and a
+/// hop that reads a bare LF as a line end while the next one does not is
+/// how bodies (and the requests hidden in them) get smuggled.
 #[derive(Debug, Clone)]
 pub struct ChunkedScanner {
     state: ChunkState,
@@ -532,12 +544,12 @@ impl ChunkedScanner {
                     }
                     b';' | b' ' | b'\t' if digits > 0 => self.state = ChunkState::Ext,
                     b'\r' if digits > 0 => self.state = ChunkState::SizeLf,
-                    b'\n' if digits > 0 => self.after_size(),
+                    b'\n' if digits > 0 => return Err(BARE_LF_SIZE),
                     _ => return Err(FramingError::BadChunk("invalid chunk size line")),
                 },
                 ChunkState::Ext => match b {
                     b'\r' => self.state = ChunkState::SizeLf,
-                    b'\n' => self.after_size(),
+                    b'\n' => return Err(BARE_LF_SIZE),
                     _ => {}
                 },
                 ChunkState::SizeLf => {
@@ -548,7 +560,6 @@ impl ChunkedScanner {
                 }
                 ChunkState::DataCr => match b {
                     b'\r' => self.state = ChunkState::DataLf,
-                    b'\n' => self.state = ChunkState::Size { digits: 0 },
                     _ => return Err(FramingError::BadChunk("chunk data not followed by CRLF")),
                 },
                 ChunkState::DataLf => {
@@ -559,12 +570,20 @@ impl ChunkedScanner {
                 }
                 ChunkState::LineStart => match b {
                     b'\r' => self.state = ChunkState::FinalLf,
-                    b'\n' => self.state = ChunkState::Done,
+                    b'\n' => {
+                        return Err(FramingError::BadChunk(
+                            "chunked body not ended by CRLF (bare LF)",
+                        ))
+                    }
                     _ => self.state = ChunkState::Trailer,
                 },
                 ChunkState::Trailer => match b {
                     b'\r' => self.state = ChunkState::TrailerLf,
-                    b'\n' => self.state = ChunkState::LineStart,
+                    b'\n' => {
+                        return Err(FramingError::BadChunk(
+                            "trailer line not ended by CRLF (bare LF)",
+                        ))
+                    }
                     _ => {}
                 },
                 ChunkState::TrailerLf => {
@@ -737,6 +756,11 @@ mod tests {
         let ok_len = res(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n");
         assert_eq!(response_body("GET", &ok_len), Ok(BodyKind::Length(3)));
         assert_eq!(response_body("HEAD", &ok_len), Ok(BodyKind::Empty));
+        // methods are case-sensitive: these are not HEAD and CONNECT
+        assert_eq!(response_body("head", &ok_len), Ok(BodyKind::Length(3)));
+        assert_eq!(response_body("Head", &ok_len), Ok(BodyKind::Length(3)));
+        assert_eq!(response_body("CONNECT", &ok_len), Ok(BodyKind::Empty));
+        assert_eq!(response_body("connect", &ok_len), Ok(BodyKind::Length(3)));
         let no_len = res(b"HTTP/1.0 200 OK\r\n\r\n");
         assert_eq!(response_body("GET", &no_len), Ok(BodyKind::UntilClose));
         let sw = res(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
@@ -761,5 +785,33 @@ mod tests {
         assert!(s.is_done());
         assert!(ChunkedScanner::new().scan(b"zz\r\n").is_err());
         assert!(ChunkedScanner::new().scan(b"2\r\nabX").is_err());
+    }
+
+    #[test]
+    fn chunked_scanner_refuses_a_bare_lf_after_the_size_line() {
+        for body in [
+            &b"3\nabc\r\n0\r\n\r\n"[..],
+            b"3;ext=1\nabc\r\n0\r\n\r\n",
+            b"0\n\r\n",
+        ] {
+            let e = ChunkedScanner::new().scan(body).unwrap_err();
+            assert!(e.to_string().contains("CRLF"), "{e}");
+        }
+    }
+
+    #[test]
+    fn chunked_scanner_refuses_a_bare_lf_after_data_and_trailers() {
+        for body in [
+            // after a chunk's data
+            &b"3\r\nabc\n0\r\n\r\n"[..],
+            // after a trailer line
+            b"0\r\nX-T: 1\n\r\n",
+            // as the final empty line
+            b"0\r\n\n",
+            b"0\r\nX-T: 1\r\n\n",
+        ] {
+            let e = ChunkedScanner::new().scan(body).unwrap_err();
+            assert!(e.to_string().contains("CRLF"), "{e}");
+        }
     }
 }

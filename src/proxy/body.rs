@@ -78,6 +78,10 @@ where
         dst.write_all(&data[..take])
             .await
             .map_err(BodyError::Write)?;
+        // Each read goes on at once: a streamed body (server-sent events, a
+        // chunked progress report) must reach the peer as it comes, not
+        // wait in a TLS writer until the message ends. On TCP a no-op.
+        dst.flush().await.map_err(BodyError::Write)?;
         src.consume(take);
         copied += take as u64;
         let done = match kind {
@@ -123,6 +127,30 @@ mod tests {
         assert_eq!(rest, b"NEXT");
         let (r, out, _) = run(b"all of it", BodyKind::UntilClose).await;
         assert_eq!((r.unwrap(), out.as_slice()), (9, &b"all of it"[..]));
+    }
+
+    #[tokio::test]
+    async fn each_part_of_a_streamed_body_is_flushed_as_it_comes() {
+        // the sender writes the first chunk, then waits (an event stream)
+        let (mut sender, src) = tokio::io::duplex(1024);
+        sender.write_all(b"5\r\nfirst\r\n").await.unwrap();
+        // a writer that holds bytes until flushed, as a TLS stream may
+        let (out, mut peer) = tokio::io::duplex(1024);
+        let mut dst = tokio::io::BufWriter::new(out);
+        let mut src = Inbound::new(src);
+        let copy = copy_body(&mut src, &mut dst, BodyKind::Chunked, None);
+        let read = async {
+            use tokio::io::AsyncReadExt;
+            let mut got = [0u8; 10];
+            let r =
+                tokio::time::timeout(std::time::Duration::from_secs(5), peer.read_exact(&mut got))
+                    .await;
+            drop(sender);
+            (r, got)
+        };
+        let (_, (r, got)) = tokio::join!(copy, read);
+        assert!(r.is_ok(), "the first chunk did not reach the peer");
+        assert_eq!(&got, b"5\r\nfirst\r\n");
     }
 
     #[tokio::test]

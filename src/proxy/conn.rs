@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 use super::body::{copy_body, BodyError, Capture};
-use super::io::{write_flush, BoxIo, Inbound, ReadHeadError};
+use super::io::{answer_and_linger, linger_close, write_flush, BoxIo, Inbound, ReadHeadError};
 use super::relay::{self, RelayOptions, Sides};
 use super::upstream::{authority, Connected, Endpoint, UpstreamUrl};
 use super::Shared;
@@ -32,11 +32,6 @@ use crate::proto::rewrite::Context;
 use crate::proto::session::{summarize, EndContext};
 use crate::proto::simulate;
 use crate::proto::stream::{StreamTap, TapConfig};
-
-/// After refusing a request head, input still read (and dropped) so the
-/// answer is not destroyed by a reset; see `Inbound::discard`.
-const LINGER_BYTES: u64 = 1024 * 1024;
-const LINGER_TIME: Duration = Duration::from_secs(2);
 
 /// Bytes of a refused upgrade's body kept for the log.
 const BODY_PREVIEW: usize = 512;
@@ -345,6 +340,13 @@ impl Conn {
                 }
             }
         };
+        self.finish(end).await;
+    }
+
+    /// Ends a connection that did not become a WebSocket: closes the
+    /// client's side and sends the `close` event, which every connection
+    /// gets exactly once.
+    pub(super) async fn finish(mut self, end: End) {
         let _ = self.client_wr.shutdown().await;
         let ended = SystemTime::now();
         let up_total = self.upstream_bytes + self.upstream.as_ref().map_or(0, |u| u.rd.total);
@@ -375,10 +377,7 @@ impl Conn {
         .await;
         if status != 0 {
             let (_, bytes) = own_response(status, &format!("wstap: {message}\n"));
-            let _ = write_flush(&mut self.client_wr, &bytes).await;
-            // hardening: let the answer reach the client before closing
-            let _ = self.client_wr.shutdown().await;
-            self.client_rd.discard(LINGER_BYTES, LINGER_TIME).await;
+            self.answer_and_close(&bytes).await;
         }
         End::new("bad-request", message)
     }
@@ -421,7 +420,10 @@ impl Conn {
     }
 
     /// Sends the request head upstream, reconnecting once when a reused
-    /// keep-alive connection turns out to be closed.
+    /// keep-alive connection turns out to be closed. Safe for any method:
+    /// a write that fails never delivered the whole head, so the upstream
+    /// cannot have acted on it (a stale connection usually takes the write
+    /// and fails at the read instead, where `exchange` decides).
     async fn send_head(&mut self, bytes: &[u8], url: &UpstreamUrl) -> Result<(), UpstreamFailure> {
         for attempt in 0..2 {
             self.ensure_upstream(url).await?;
@@ -462,20 +464,28 @@ impl Conn {
         })
     }
 
-    /// Answers a request the proxy cannot route.
-    async fn refuse_route(&mut self, message: String) -> Step {
+    /// Answers a request the proxy cannot route (400) and ends.
+    pub(super) async fn refuse_route(&mut self, message: String) -> Step {
         self.emit(EventKind::Error(ErrorEvent {
             message: message.clone(),
         }))
         .await;
         let (_, bytes) = own_response(400, &format!("wstap: {message}\n"));
-        let _ = write_flush(&mut self.client_wr, &bytes).await;
+        self.answer_and_close(&bytes).await;
         Step::Done(End::new("bad-request", message))
+    }
+
+    /// Sends an answer of wstap's own after which the connection ends,
+    /// with a lingering close: the client may still be sending the request
+    /// (its body), and closing on unread bytes would reset the connection.
+    async fn answer_and_close(&mut self, response: &[u8]) {
+        answer_and_linger(&mut self.client_rd, &mut self.client_wr, response).await;
     }
 
     async fn exchange(&mut self, req: RequestHead, raw: Vec<u8>) -> Step {
         let started = Instant::now();
-        if self.fixed.is_none() && req.method.eq_ignore_ascii_case("CONNECT") {
+        // methods are case-sensitive (RFC 9110 §9.1): `connect` is not CONNECT
+        if self.fixed.is_none() && req.method == "CONNECT" {
             return Step::Connect(req);
         }
         let attempt = handshake::is_attempt(&req);
@@ -488,7 +498,7 @@ impl Conn {
                 }))
                 .await;
                 let (_, bytes) = own_response(400, &format!("wstap: {message}\n"));
-                let _ = write_flush(&mut self.client_wr, &bytes).await;
+                self.answer_and_close(&bytes).await;
                 return Step::Done(End::new("bad-request", message));
             }
         };
@@ -523,10 +533,19 @@ impl Conn {
             ..Default::default()
         };
 
-        // A request without a body can be sent again on a fresh connection
-        // if a reused one turns out dead before answering.
-        let mut tries = if framing == BodyKind::Empty { 2 } else { 1 };
-        let (resp, resp_raw) = loop {
+        // A request may go again on a fresh connection when a reused one
+        // turns out stale (see `ExchangeError::Upstream`), and only if
+        // sending it twice is harmless: a safe method without a body (RFC
+        // 9112 §9.3.1: no automatic retry of a non-idempotent request; the
+        // upstream may have acted on it before it closed).
+        let resendable =
+            matches!(req.method.as_str(), "GET" | "HEAD" | "OPTIONS") && framing == BodyKind::Empty;
+        let mut tries = if resendable { 2 } else { 1 };
+        let Answer {
+            head: resp,
+            raw: resp_raw,
+            body_cut,
+        } = loop {
             tries -= 1;
             if let Err(f) = self.send_head(&up_raw, &url).await {
                 return self
@@ -546,9 +565,9 @@ impl Conn {
                     .await;
                     return Step::Done(End::new("client-closed", message));
                 }
-                Err(ExchangeError::Upstream(f, reused)) => {
+                Err(ExchangeError::Upstream(f, stale)) => {
                     self.drop_upstream();
-                    if !(reused && tries > 0) {
+                    if !(stale && tries > 0) {
                         return self
                             .upstream_failed(&req, hs, f, started, &rewrites, &url)
                             .await;
@@ -556,6 +575,14 @@ impl Conn {
                 }
             }
         };
+        if let Some(e) = &body_cut {
+            self.emit(EventKind::Error(ErrorEvent {
+                message: format!(
+                    "the upstream stopped taking the request body ({e}); the connection ends after its answer"
+                ),
+            }))
+            .await;
+        }
         if let Some(up) = self.upstream.as_mut() {
             up.reused = true;
         }
@@ -653,6 +680,18 @@ impl Conn {
             }
             Ok(_) => {}
         }
+        if let Some(e) = body_cut {
+            // The upstream connection took only part of the body: it cannot
+            // carry another request. The rest of the body is still on its
+            // way from the client, where it cannot be told from a next
+            // request: drain it and end (a lingering close).
+            self.drop_upstream();
+            linger_close(&mut self.client_rd, &mut self.client_wr).await;
+            return Step::Done(End::new(
+                "server-closed",
+                format!("the upstream stopped taking the request body: {e}"),
+            ));
+        }
         if resp_framing == BodyKind::UntilClose || !resp.keep_alive() || !up_req.keep_alive() {
             self.drop_upstream();
         }
@@ -678,7 +717,7 @@ impl Conn {
         &mut self,
         framing: BodyKind,
         timeout: Option<Duration>,
-    ) -> Result<(ResponseHead, Vec<u8>), ExchangeError> {
+    ) -> Result<Answer, ExchangeError> {
         let Some(up) = self.upstream.as_mut() else {
             return Err(ExchangeError::Upstream(
                 UpstreamFailure::Dropped {
@@ -694,12 +733,28 @@ impl Conn {
         };
         let reused = up.reused;
         let addr = up.addr.to_string();
+        let read_before = up.rd.total;
         let body = copy_body(&mut self.client_rd, &mut up.wr, framing, None);
         let head = read_final_head(&mut up.rd, &mut self.client_wr, timeout, &addr);
         let (body, head) = tokio::join!(body, head);
-        let head = head.map_err(|f| ExchangeError::Upstream(f, reused))?;
+        let (head, raw) = head.map_err(|f| {
+            let silent = up.rd.total == read_before && up.rd.buffered().is_empty();
+            let stale = reused && silent && matches!(f, UpstreamFailure::Dropped { .. });
+            ExchangeError::Upstream(f, stale)
+        })?;
         match body {
-            Ok(_) | Err(BodyError::Write(_)) => Ok(head),
+            Ok(_) => Ok(Answer {
+                head,
+                raw,
+                body_cut: None,
+            }),
+            // the upstream answered without taking the whole body (an
+            // early 413, say): relay the answer, then end
+            Err(e @ BodyError::Write(_)) => Ok(Answer {
+                head,
+                raw,
+                body_cut: Some(e),
+            }),
             Err(e) => Err(ExchangeError::Client(e)),
         }
     }
@@ -715,7 +770,6 @@ impl Conn {
     ) -> Step {
         let upstream = url.to_string();
         let (head, bytes) = own_response(f.status(), &f.client_body(&upstream));
-        let _ = write_flush(&mut self.client_wr, &bytes).await;
         if handshake::is_attempt(req) {
             let mut view = head.view();
             view.body_preview = Some(f.message());
@@ -731,6 +785,8 @@ impl Conn {
             .await;
         }
         self.emit_finding(f.finding()).await;
+        // after the events: the lingering close may take a while
+        self.answer_and_close(&bytes).await;
         Step::Done(End::new("upstream-failed", f.message()))
     }
 
@@ -844,9 +900,20 @@ impl Conn {
     }
 }
 
+/// The upstream's final response head, as parsed and as read.
+struct Answer {
+    head: ResponseHead,
+    raw: Vec<u8>,
+    /// Writing the request body upstream failed part way.
+    body_cut: Option<BodyError>,
+}
+
 enum ExchangeError {
     Client(BodyError),
-    /// The failure, and whether the connection had been reused.
+    /// The failure, and whether it looks like a stale keep-alive
+    /// connection: a reused one the upstream closed (or reset) before a
+    /// byte of answer. A timeout is not: the upstream may be working on
+    /// the request.
     Upstream(UpstreamFailure, bool),
 }
 
@@ -896,7 +963,14 @@ where
     }
 }
 
-/// Copies both ways until either side ends; returns how it ended.
+/// Copies both ways until both directions have ended; returns how.
+///
+/// A direction ends at EOF (or a failed read or write); its writer is then
+/// shut down, so the peer sees the FIN while the other direction goes on:
+/// a half-close, as TCP allows. A peer that answers only after the other
+/// side has said all (a request ended by shutdown, `nc -N`) needs it; and a
+/// side that failed does not leave the other waiting on a tunnel that can
+/// never deliver.
 async fn tunnel_pair<A, B, C, D>(
     a_rd: &mut Inbound<A>,
     b_wr: &mut B,
@@ -909,8 +983,16 @@ where
     C: AsyncRead + Unpin,
     D: AsyncWrite + Unpin,
 {
-    let up = copy_body(a_rd, b_wr, BodyKind::UntilClose, None);
-    let down = copy_body(b_rd, a_wr, BodyKind::UntilClose, None);
+    let up = async {
+        let r = copy_body(a_rd, b_wr, BodyKind::UntilClose, None).await;
+        let _ = b_wr.shutdown().await;
+        r
+    };
+    let down = async {
+        let r = copy_body(b_rd, a_wr, BodyKind::UntilClose, None).await;
+        let _ = a_wr.shutdown().await;
+        r
+    };
     let (a, b) = tokio::join!(up, down);
     format!(
         "tunnel ended: client side {}, server side {}",

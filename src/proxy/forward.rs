@@ -11,7 +11,7 @@ use super::conn::{client_tls_failed, Conn, End, Step};
 use super::io::{BoxIo, Prefixed};
 use super::upstream::{split_host_port, Scheme, UpstreamUrl};
 use super::{Mode, Shared};
-use crate::proto::event::{ErrorEvent, EventKind, Handshake, HttpExchange, ResponseView};
+use crate::proto::event::{EventKind, Handshake, HttpExchange, ResponseView};
 use crate::proto::http::RequestHead;
 
 const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
@@ -91,18 +91,30 @@ async fn connect_event(conn: &Conn, req: &RequestHead, started: Instant) {
 
 /// Terminates the client's TLS with a leaf for the host it asked for and
 /// serves the requests inside like reverse mode, upstream `https://host:port`.
+///
+/// Every way out sends the connection's `close`: here through
+/// [`Conn::finish`] until the client's TLS is taken over, then through
+/// `client_tls_failed` or the inner connection's own end.
 pub(super) async fn intercept(mut conn: Conn, req: RequestHead) {
     let started = Instant::now();
-    let Some((host, port)) = connect_target(&req.target) else {
-        return;
+    let interceptor = match &conn.shared.cfg.mode {
+        Mode::Forward(fwd) => Some(fwd.interceptor.clone()),
+        Mode::Reverse(_) => None,
     };
-    let Mode::Forward(fwd) = &conn.shared.cfg.mode else {
-        return;
+    // `intercepts` checked both before the call; were it not so, the
+    // connection would still get its close
+    let (Some((host, port)), Some(interceptor)) = (connect_target(&req.target), interceptor) else {
+        let message = format!("cannot intercept CONNECT {:?}", req.target);
+        return conn.finish(End::new("error", message)).await;
     };
-    let interceptor = fwd.interceptor.clone();
     if conn.client_wr.write_all(ESTABLISHED).await.is_err() || conn.client_wr.flush().await.is_err()
     {
-        return;
+        return conn
+            .finish(End::new(
+                "client-closed",
+                "the client went away before the tunnel opened",
+            ))
+            .await;
     }
     connect_event(&conn, &req, started).await;
     let Conn {
@@ -139,11 +151,10 @@ pub(super) async fn tunnel(conn: &mut Conn, req: RequestHead) -> End {
     let started = Instant::now();
     let Some((host, port)) = connect_target(&req.target) else {
         let message = format!("CONNECT needs host:port, not {:?}", req.target);
-        conn.emit(EventKind::Error(ErrorEvent {
-            message: message.clone(),
-        }))
-        .await;
-        return End::new("bad-request", message);
+        return match conn.refuse_route(message).await {
+            Step::Done(end) => end,
+            _ => End::new("bad-request", "CONNECT without host:port"),
+        };
     };
     let url = UpstreamUrl {
         scheme: Scheme::Http,

@@ -23,6 +23,42 @@ pub async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> io::
     w.flush().await
 }
 
+/// How much, and how long, a lingering close reads and drops.
+pub const LINGER_BYTES: u64 = 1024 * 1024;
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// Answers and closes the way RFC 9112 §9.6 asks of a server that closes
+/// while the client may still be sending (a request wstap refused, or
+/// failed to pass on, before its body was read): writes `response`,
+/// flushes, shuts down the write half so the client sees the answer and a
+/// FIN, then reads and drops what the client still sends, until it closes,
+/// [`LINGER_BYTES`] or [`LINGER_TIME`]. Closing with input unread makes the
+/// kernel reset the connection: the client's next send fails, and many
+/// clients then report the reset instead of the answer.
+pub async fn answer_and_linger<R, W>(rd: &mut Inbound<R>, wr: &mut W, response: &[u8])
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    if write_flush(wr, response).await.is_err() {
+        // the client is gone: nobody is left to read the answer
+        return;
+    }
+    linger_close(rd, wr).await;
+}
+
+/// The closing half of [`answer_and_linger`], for an answer already sent:
+/// shuts down the write half, then drains the input (bounded).
+pub async fn linger_close<R, W>(rd: &mut Inbound<R>, wr: &mut W)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let _ = wr.shutdown().await;
+    rd.discard(LINGER_BYTES, LINGER_TIME).await;
+}
+
 /// Read buffer capacity: a whole loopback TCP read, and more than the
 /// largest head accepted, so a head always fits.
 pub const READ_CAPACITY: usize = 80 * 1024;
@@ -103,8 +139,10 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
         &mut self,
         parse: fn(&[u8]) -> Result<Parsed<T>, HeadError>,
     ) -> Result<Option<(T, Vec<u8>)>, ReadHeadError> {
+        // Bytes left from an earlier read may already hold a whole head.
+        let mut parse_now = !self.buffered().is_empty();
         loop {
-            if !self.buffered().is_empty() {
+            if parse_now {
                 if let Parsed::Done(head, n) = parse(self.buffered())? {
                     let raw = self.buffered()[..n].to_vec();
                     self.consume(n);
@@ -128,6 +166,17 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
                     Err(ReadHeadError::Truncated(before))
                 };
             }
+            // A head only completes at a line end, so parsing again is
+            // useful only when the new bytes hold a LF: re-parsing the
+            // whole buffer on every read would be quadratic in a head that
+            // trickles in. The first bytes are parsed at once (a TLS
+            // ClientHello or a bad method is refused without waiting for a
+            // line end), and so is a buffer at the size limit (a line
+            // longer than that never ends).
+            let buffered = self.buffered();
+            parse_now = before == 0
+                || buffered[before..].contains(&b'\n')
+                || buffered.len() >= MAX_HEAD_BYTES;
         }
     }
 
@@ -301,6 +350,53 @@ mod tests {
             r.read_head(parse_request_head).await,
             Err(ReadHeadError::Truncated(8))
         ));
+    }
+
+    /// Yields one byte per read, like a client that dribbles its head.
+    struct OneByteAtATime(&'static [u8]);
+
+    impl AsyncRead for OneByteAtATime {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            if let Some((&b, rest)) = self.0.split_first() {
+                buf.put_slice(&[b]);
+                self.0 = rest;
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    static PARSES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    fn counted_parse(buf: &[u8]) -> Result<Parsed<crate::proto::http::RequestHead>, HeadError> {
+        PARSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        parse_request_head(buf)
+    }
+
+    #[tokio::test]
+    async fn a_dribbled_head_is_parsed_once_per_line_not_per_byte() {
+        let head: &'static [u8] =
+            b"GET /slow HTTP/1.1\r\nHost: a\r\nX-Long: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\nNEXT";
+        let mut r = Inbound::new(OneByteAtATime(head));
+        let (h, raw) = r.read_head(counted_parse).await.unwrap().unwrap();
+        assert_eq!((h.target.as_str(), raw.len()), ("/slow", head.len() - 4));
+        // the first byte, then once per LF (four lines)
+        let parses = PARSES.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(parses, 1 + 4, "{parses} parses for {} bytes", raw.len());
+    }
+
+    #[tokio::test]
+    async fn a_dribbled_bad_start_is_still_refused_at_once() {
+        // a TLS ClientHello has no LF to wait for: refused at its first byte
+        let mut r = Inbound::new(OneByteAtATime(b"\x16\x03\x01\x00\xa5\x01"));
+        let e = r.read_head(parse_request_head).await.unwrap_err();
+        assert!(
+            matches!(e, ReadHeadError::Head(HeadError::Malformed(_))),
+            "{e:?}"
+        );
     }
 
     #[tokio::test]

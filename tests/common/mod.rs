@@ -435,6 +435,36 @@ pub async fn send(s: &mut TcpStream, data: &[u8]) {
     within("a write", s.write_all(data)).await.unwrap();
 }
 
+/// A client uploading a body in `pieces` of `piece` bytes, a pause before
+/// each, that gives up when a send fails (as curl does: "Send failure:
+/// Connection reset by peer"); then reads the answer to EOF. For answers
+/// wstap gives before the body is in: when it closes without reading what
+/// is still on its way, the kernel resets the connection.
+pub async fn upload_in_pieces(
+    addr: SocketAddr,
+    head: &[u8],
+    pieces: usize,
+    piece: usize,
+) -> Result<Vec<u8>, String> {
+    let mut s = within("connect", TcpStream::connect(addr)).await.unwrap();
+    within("the head", s.write_all(head))
+        .await
+        .map_err(|e| format!("sending the head failed: {e}"))?;
+    let data = vec![b'b'; piece];
+    for i in 0..pieces {
+        // time for wstap to answer (and close) while the body is on its way
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        within("a piece of the body", s.write_all(&data))
+            .await
+            .map_err(|e| format!("sending piece {i} of the body failed: {e}"))?;
+    }
+    let mut got = Vec::new();
+    within("the answer", s.read_to_end(&mut got))
+        .await
+        .map_err(|e| format!("reading the answer failed after {} bytes: {e}", got.len()))?;
+    Ok(got)
+}
+
 /// A loopback port that refuses connections: bound (so no one else takes
 /// it) but never listening. Keep the socket alive while the port is used.
 pub fn closed_port() -> (tokio::net::TcpSocket, u16) {

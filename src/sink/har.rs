@@ -779,7 +779,7 @@ fn absolute_url(method: &str, target: &str, host: Option<&str>, ws: bool, tls: b
         (false, false) => "http",
         (false, true) => "https",
     };
-    if method.eq_ignore_ascii_case("CONNECT") {
+    if method == "CONNECT" {
         return format!("{scheme}://{target}");
     }
     let host = host

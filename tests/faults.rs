@@ -195,20 +195,27 @@ async fn a_client_half_close_reaches_the_upstream_which_can_still_answer() {
     assert!(finding_codes(&evs).contains(&"abnormal-closure".to_string()));
 }
 
-#[tokio::test]
-async fn a_server_half_close_reaches_the_client_which_can_still_send() {
-    // what the upstream heard after its half-close, checked below: an
-    // assertion inside the script's own task would not fail the test
+/// An upstream that answers the head with `answer`, sends `last`, closes
+/// its half, and keeps listening; the receiver gets what it heard after
+/// that. (Checked by the test itself: an assertion inside the script's own
+/// task would not fail the test.)
+async fn half_closing_upstream(
+    answer: Vec<u8>,
+    last: Vec<u8>,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Receiver<Vec<u8>>,
+) {
     let (heard_tx, heard_rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
     let heard_tx = std::sync::Arc::new(std::sync::Mutex::new(Some(heard_tx)));
     let up = scripted_upstream(move |mut s| {
         let heard_tx = heard_tx.clone();
+        let (answer, last) = (answer.clone(), last.clone());
         async move {
             read_head(&mut s).await;
-            send(&mut s, switching().as_bytes()).await;
-            send(&mut s, &server_frame(1, b"done talking")).await;
+            send(&mut s, &answer).await;
+            send(&mut s, &last).await;
             s.shutdown().await.unwrap();
-            // still listening
             let got = read_all(&mut s).await;
             if let Some(tx) = heard_tx.lock().unwrap().take() {
                 let _ = tx.send(got);
@@ -216,6 +223,13 @@ async fn a_server_half_close_reaches_the_client_which_can_still_send() {
         }
     })
     .await;
+    (up, heard_rx)
+}
+
+#[tokio::test]
+async fn a_server_half_close_reaches_the_client_which_can_still_send() {
+    let (up, heard_rx) =
+        half_closing_upstream(switching().into_bytes(), server_frame(1, b"done talking")).await;
     let proxy = TestProxy::start(&format!("ws://{up}")).await;
     let mut c = raw_ws(proxy.addr, "/half").await;
     let (mut rd, mut wr) = c.split();
@@ -278,23 +292,8 @@ async fn a_tunnel_passes_the_client_half_close_on_and_the_answer_back() {
 
 #[tokio::test]
 async fn a_tunnel_passes_the_server_half_close_on_and_the_client_can_still_send() {
-    let (heard_tx, heard_rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
-    let heard_tx = std::sync::Arc::new(std::sync::Mutex::new(Some(heard_tx)));
-    let up = scripted_upstream(move |mut s| {
-        let heard_tx = heard_tx.clone();
-        async move {
-            read_head(&mut s).await;
-            send(&mut s, OTHER_SWITCHING).await;
-            send(&mut s, b"done talking").await;
-            s.shutdown().await.unwrap();
-            // still listening
-            let got = read_all(&mut s).await;
-            if let Some(tx) = heard_tx.lock().unwrap().take() {
-                let _ = tx.send(got);
-            }
-        }
-    })
-    .await;
+    let (up, heard_rx) =
+        half_closing_upstream(OTHER_SWITCHING.to_vec(), b"done talking".to_vec()).await;
     let proxy = TestProxy::start(&format!("http://{up}")).await;
     let mut c = within("connect", TcpStream::connect(proxy.addr))
         .await

@@ -261,6 +261,15 @@ const OTHER_UPGRADE: &[u8] =
 const OTHER_SWITCHING: &[u8] =
     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x-test\r\nConnection: Upgrade\r\n\r\n";
 
+/// A client connection through wstap, switched to the other protocol.
+async fn open_tunnel(proxy: std::net::SocketAddr) -> TcpStream {
+    let mut c = within("connect", TcpStream::connect(proxy)).await.unwrap();
+    send(&mut c, OTHER_UPGRADE).await;
+    let head = String::from_utf8_lossy(&read_head(&mut c).await).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    c
+}
+
 #[tokio::test]
 async fn a_tunnel_passes_the_client_half_close_on_and_the_answer_back() {
     // the upstream answers only once the client has said all (its FIN)
@@ -276,12 +285,7 @@ async fn a_tunnel_passes_the_client_half_close_on_and_the_answer_back() {
     })
     .await;
     let proxy = TestProxy::start(&format!("http://{up}")).await;
-    let mut c = within("connect", TcpStream::connect(proxy.addr))
-        .await
-        .unwrap();
-    send(&mut c, OTHER_UPGRADE).await;
-    let head = String::from_utf8_lossy(&read_head(&mut c).await).into_owned();
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut c = open_tunnel(proxy.addr).await;
     send(&mut c, b"all I have").await;
     within("shutdown", c.shutdown()).await.unwrap();
     let back = read_all(&mut c).await;
@@ -295,12 +299,7 @@ async fn a_tunnel_passes_the_server_half_close_on_and_the_client_can_still_send(
     let (up, heard_rx) =
         half_closing_upstream(OTHER_SWITCHING.to_vec(), b"done talking".to_vec()).await;
     let proxy = TestProxy::start(&format!("http://{up}")).await;
-    let mut c = within("connect", TcpStream::connect(proxy.addr))
-        .await
-        .unwrap();
-    send(&mut c, OTHER_UPGRADE).await;
-    let head = String::from_utf8_lossy(&read_head(&mut c).await).into_owned();
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut c = open_tunnel(proxy.addr).await;
     let (mut rd, mut wr) = c.split();
     let mut got = Vec::new();
     within("the server's half-close", rd.read_to_end(&mut got))

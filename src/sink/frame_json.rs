@@ -7,12 +7,38 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::proto::event::{Dir, Encoding, Event, EventKind, FrameEvent};
 
-/// Remembers the formatted date and time of the last second seen.
-#[derive(Default)]
+/// Remembers the formatted date and time of the last second seen, and
+/// holds the runs of fields that only take a few values, written out once.
 pub struct FrameEncoder {
     second: u64,
     /// `"2026-11-25T18:25:22` (with the opening quote), for `second`.
     prefix: String,
+    /// `,"fin":…,"rsv1":…,"rsv2":…,"rsv3":…,"masked":…` for each of the
+    /// 32 combinations (see [`flags_index`]).
+    flags: Vec<Vec<u8>>,
+    /// `,"encoding":…,"truncated":…,"compressed":…` for each of the 8
+    /// combinations (see [`tail_index`]).
+    tail: Vec<Vec<u8>>,
+}
+
+impl Default for FrameEncoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn flags_index(f: &FrameEvent) -> usize {
+    f.fin as usize
+        | (f.rsv1 as usize) << 1
+        | (f.rsv2 as usize) << 2
+        | (f.rsv3 as usize) << 3
+        | (f.masked as usize) << 4
+}
+
+fn tail_index(f: &FrameEvent) -> usize {
+    (f.encoding == Encoding::Hex) as usize
+        | (f.truncated as usize) << 1
+        | (f.compressed as usize) << 2
 }
 
 fn push_bool(out: &mut Vec<u8>, key: &[u8], v: bool) {
@@ -103,7 +129,37 @@ fn push_u64(out: &mut Vec<u8>, key: &[u8], v: u64) {
 
 impl FrameEncoder {
     pub fn new() -> Self {
-        Self::default()
+        let bit = |i: usize, b: usize| i & (1 << b) != 0;
+        let flags = (0..32)
+            .map(|i| {
+                let mut v = Vec::new();
+                push_bool(&mut v, b",\"fin\":", bit(i, 0));
+                push_bool(&mut v, b",\"rsv1\":", bit(i, 1));
+                push_bool(&mut v, b",\"rsv2\":", bit(i, 2));
+                push_bool(&mut v, b",\"rsv3\":", bit(i, 3));
+                push_bool(&mut v, b",\"masked\":", bit(i, 4));
+                v
+            })
+            .collect();
+        let tail = (0..8)
+            .map(|i| {
+                let mut v = Vec::new();
+                v.extend_from_slice(if bit(i, 0) {
+                    b",\"encoding\":\"hex\""
+                } else {
+                    b",\"encoding\":\"utf8\""
+                });
+                push_bool(&mut v, b",\"truncated\":", bit(i, 1));
+                push_bool(&mut v, b",\"compressed\":", bit(i, 2));
+                v
+            })
+            .collect();
+        FrameEncoder {
+            second: 0,
+            prefix: String::new(),
+            flags,
+            tail,
+        }
     }
 
     fn push_ts(&mut self, out: &mut Vec<u8>, ts: SystemTime) {
@@ -141,45 +197,38 @@ impl FrameEncoder {
             push_u64(out, b",\"conn\":", c.0);
         }
         out.extend_from_slice(b",\"event\":\"frame\"");
-        frame_fields(out, f);
+        self.frame_fields(out, f);
         out.push(b'}');
         true
     }
 }
 
-fn frame_fields(out: &mut Vec<u8>, f: &FrameEvent) {
-    out.extend_from_slice(match f.from {
-        Dir::ClientToServer => b",\"from\":\"client\"",
-        Dir::ServerToClient => b",\"from\":\"server\"",
-    });
-    push_str(out, b",\"opcode\":", f.opcode.name());
-    push_bool(out, b",\"fin\":", f.fin);
-    push_bool(out, b",\"rsv1\":", f.rsv1);
-    push_bool(out, b",\"rsv2\":", f.rsv2);
-    push_bool(out, b",\"rsv3\":", f.rsv3);
-    push_bool(out, b",\"masked\":", f.masked);
-    push_u64(out, b",\"len\":", f.len);
-    push_str(out, b",\"preview\":", &f.preview);
-    out.extend_from_slice(match f.encoding {
-        Encoding::Utf8 => b",\"encoding\":\"utf8\"",
-        Encoding::Hex => b",\"encoding\":\"hex\"",
-    });
-    push_bool(out, b",\"truncated\":", f.truncated);
-    push_bool(out, b",\"compressed\":", f.compressed);
-    if let Some(c) = f.close_code {
-        push_u64(out, b",\"close_code\":", c as u64);
-    }
-    if let Some(n) = &f.close_name {
-        push_str(out, b",\"close_name\":", n);
-    }
-    if let Some(r) = &f.close_reason {
-        push_str(out, b",\"close_reason\":", r);
-    }
-    if f.injected {
-        push_bool(out, b",\"injected\":", true);
-    }
-    if let Some(n) = &f.note {
-        push_str(out, b",\"note\":", n);
+impl FrameEncoder {
+    fn frame_fields(&self, out: &mut Vec<u8>, f: &FrameEvent) {
+        out.extend_from_slice(match f.from {
+            Dir::ClientToServer => b",\"from\":\"client\"",
+            Dir::ServerToClient => b",\"from\":\"server\"",
+        });
+        push_str(out, b",\"opcode\":", f.opcode.name());
+        out.extend_from_slice(&self.flags[flags_index(f)]);
+        push_u64(out, b",\"len\":", f.len);
+        push_str(out, b",\"preview\":", &f.preview);
+        out.extend_from_slice(&self.tail[tail_index(f)]);
+        if let Some(c) = f.close_code {
+            push_u64(out, b",\"close_code\":", c as u64);
+        }
+        if let Some(n) = &f.close_name {
+            push_str(out, b",\"close_name\":", n);
+        }
+        if let Some(r) = &f.close_reason {
+            push_str(out, b",\"close_reason\":", r);
+        }
+        if f.injected {
+            push_bool(out, b",\"injected\":", true);
+        }
+        if let Some(n) = &f.note {
+            push_str(out, b",\"note\":", n);
+        }
     }
 }
 

@@ -47,15 +47,26 @@ impl EventRx {
     /// Appends the events of up to `limit` ready batches to `buf`, waiting
     /// for at least one; 0 once every sender is gone.
     pub async fn recv_many(&mut self, buf: &mut Vec<Event>, limit: usize) -> usize {
-        self.batches.clear();
-        if self.rx.recv_many(&mut self.batches, limit.max(1)).await == 0 {
-            return 0;
-        }
-        let before = buf.len();
-        for b in self.batches.drain(..) {
+        let mut batches = std::mem::take(&mut self.batches);
+        batches.clear();
+        let got = self.recv_batches(&mut batches, limit).await;
+        for b in batches.drain(..) {
             buf.extend(b);
         }
-        buf.len() - before
+        self.batches = batches;
+        got
+    }
+
+    /// Appends up to `limit` ready batches to `batches` as they came
+    /// (no event is moved: an event is a few hundred bytes), waiting for
+    /// at least one; returns the number of events, 0 once every sender is
+    /// gone.
+    pub async fn recv_batches(&mut self, batches: &mut Vec<Vec<Event>>, limit: usize) -> usize {
+        let before = batches.len();
+        if self.rx.recv_many(batches, limit.max(1)).await == 0 {
+            return 0;
+        }
+        batches[before..].iter().map(Vec::len).sum()
     }
 }
 

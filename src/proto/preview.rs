@@ -24,9 +24,36 @@ pub fn render(bytes: &[u8], text: bool, cut: bool) -> (String, Encoding) {
 
 /// Binary payloads are shown as text only when nothing in them is a
 /// control character other than tab and line breaks.
+///
+/// Byte by byte (every small binary frame comes through here): in valid
+/// UTF-8 the control characters (category Cc, what `char::is_control`
+/// tests) are the bytes below 0x20 and 0x7f, and U+0080..=U+009F, encoded
+/// as 0xc2 followed by 0x80..=0x9f (0xc2 is never a continuation byte).
 fn readable(s: &str) -> bool {
-    !s.chars()
-        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    let b = s.as_bytes();
+    // Printable ASCII (0x20..0x7f) needs no closer look: skip it 16 bytes
+    // at a time (a loop without an early exit, which compiles to SIMD).
+    // The skipped bytes are ASCII, so `i` is at a character boundary.
+    let mut i = 0;
+    for chunk in b.chunks_exact(16) {
+        let printable = chunk
+            .iter()
+            .fold(true, |ok, &x| ok & (x.wrapping_sub(0x20) < 0x5f));
+        if !printable {
+            break;
+        }
+        i += 16;
+    }
+    while i < b.len() {
+        match b[i] {
+            b'\t' | b'\n' | b'\r' => {}
+            0..0x20 | 0x7f => return false,
+            0xc2 if matches!(b.get(i + 1), Some(0x80..=0x9f)) => return false,
+            _ => {}
+        }
+        i += 1;
+    }
+    true
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -53,6 +80,30 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The definition the byte loop stands for.
+    fn readable_by_chars(s: &str) -> bool {
+        !s.chars()
+            .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    }
+
+    #[test]
+    fn readable_matches_char_is_control() {
+        for c in (0..=0x10ffffu32).filter_map(char::from_u32) {
+            for s in [c.to_string(), format!("a{c}b"), format!("{c}\u{85}")] {
+                assert_eq!(readable(&s), readable_by_chars(&s), "{s:?}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn readable_matches_on_any_text(s in ".*", bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            proptest::prop_assert_eq!(readable(&s), readable_by_chars(&s));
+            let lossy = String::from_utf8_lossy(&bytes);
+            proptest::prop_assert_eq!(readable(&lossy), readable_by_chars(&lossy));
+        }
+    }
 
     #[test]
     fn text_binary_and_cut_characters() {

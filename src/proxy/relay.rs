@@ -337,6 +337,9 @@ where
         Dir::ServerToClient => &shared.last_server,
     };
     let mut out: Vec<Event> = Vec::new();
+    // events in the last batch: the next one is sized from it up front
+    // (growing a Vec of events step by step copies them several times)
+    let mut last_batch = 0usize;
     let mut pending: VecDeque<Box<Control>> = VecDeque::new();
     let mut inbox_open = true;
     loop {
@@ -416,6 +419,9 @@ where
             max_events: MAX_BATCH,
             stop_at_violation: shared.opts.strict,
         };
+        if out.capacity() == 0 && last_batch > 0 {
+            out.reserve_exact(last_batch.next_power_of_two().min(MAX_BATCH));
+        }
         let fed = tap.feed_until(data, SystemTime::now(), &mut out, opts);
         let violation = fed.violation_at.filter(|_| shared.opts.strict);
         let n = violation.unwrap_or(fed.consumed).min(fed.consumed);
@@ -427,6 +433,7 @@ where
         };
         rd.consume(n);
         if !out.is_empty() {
+            last_batch = out.len();
             shared.events.send_all(&mut out).await;
         }
         if let Err(e) = written {

@@ -7,12 +7,38 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::proto::event::{Dir, Encoding, Event, EventKind, FrameEvent};
 
-/// Remembers the formatted date and time of the last second seen.
-#[derive(Default)]
+/// Remembers the formatted date and time of the last second seen, and
+/// holds the runs of fields that only take a few values, written out once.
 pub struct FrameEncoder {
     second: u64,
     /// `"2026-11-25T18:25:22` (with the opening quote), for `second`.
     prefix: String,
+    /// `,"fin":…,"rsv1":…,"rsv2":…,"rsv3":…,"masked":…` for each of the
+    /// 32 combinations (see [`flags_index`]).
+    flags: Vec<Vec<u8>>,
+    /// `,"encoding":…,"truncated":…,"compressed":…` for each of the 8
+    /// combinations (see [`tail_index`]).
+    tail: Vec<Vec<u8>>,
+}
+
+impl Default for FrameEncoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn flags_index(f: &FrameEvent) -> usize {
+    f.fin as usize
+        | (f.rsv1 as usize) << 1
+        | (f.rsv2 as usize) << 2
+        | (f.rsv3 as usize) << 3
+        | (f.masked as usize) << 4
+}
+
+fn tail_index(f: &FrameEvent) -> usize {
+    (f.encoding == Encoding::Hex) as usize
+        | (f.truncated as usize) << 1
+        | (f.compressed as usize) << 2
 }
 
 fn push_bool(out: &mut Vec<u8>, key: &[u8], v: bool) {
@@ -22,8 +48,78 @@ fn push_bool(out: &mut Vec<u8>, key: &[u8], v: bool) {
 
 fn push_str(out: &mut Vec<u8>, key: &[u8], v: &str) {
     out.extend_from_slice(key);
-    // serde_json's own escaping, so the output matches serde exactly
-    let _ = serde_json::to_writer(&mut *out, v);
+    push_escaped(out, v.as_bytes());
+}
+
+/// Serde_json escapes these bytes in a string.
+#[inline]
+fn needs_escape(x: u8) -> bool {
+    x < 0x20 || x == b'"' || x == b'\\'
+}
+
+/// The high bit of each byte of `w` that [`needs_escape`], word at a time.
+/// Exact up to the first such byte (a byte below n shows in
+/// `(w - n*ONES) & !w` as its high bit, for n up to 0x80, and bytes before
+/// the first one borrow nothing; an equal byte is a zero after xor), which
+/// is all the caller looks at: its `trailing_zeros() / 8`, or 0 for none.
+#[inline]
+fn escapes8(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = |w: u64, n: u64| w.wrapping_sub(n * ONES) & !w & HIGH;
+    let quote = w ^ (b'"' as u64 * ONES);
+    let backslash = w ^ (b'\\' as u64 * ONES);
+    below(w, 0x20) | below(quote, 1) | below(backslash, 1)
+}
+
+/// `v` as a JSON string, escaped exactly as serde_json escapes it (tests
+/// hold it to that for every character): `"` and `\` with a backslash,
+/// the control characters below 0x20 as `\b \t \n \f \r` or `\u00xx`
+/// (lowercase hex), every other byte (0x7f and non-ASCII included) as it is.
+/// The next byte to escape is looked for 8 bytes at a time, and the bytes
+/// before it are copied whole.
+fn push_escaped(out: &mut Vec<u8>, v: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(v.len() + 2);
+    out.push(b'"');
+    // start of the bytes not yet copied
+    let mut from = 0;
+    let mut i = 0;
+    while i < v.len() {
+        if let Some(c) = v.get(i..i + 8) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            let m = escapes8(u64::from_le_bytes(w));
+            if m == 0 {
+                i += 8;
+                continue;
+            }
+            i += (m.trailing_zeros() / 8) as usize;
+        } else if !needs_escape(v[i]) {
+            i += 1;
+            continue;
+        }
+        let x = v[i];
+        out.extend_from_slice(&v[from..i]);
+        match x {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            _ => {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[(x >> 4) as usize]);
+                out.push(HEX[(x & 0xf) as usize]);
+            }
+        }
+        i += 1;
+        from = i;
+    }
+    out.extend_from_slice(&v[from..]);
+    out.push(b'"');
 }
 
 fn push_u64(out: &mut Vec<u8>, key: &[u8], v: u64) {
@@ -33,7 +129,37 @@ fn push_u64(out: &mut Vec<u8>, key: &[u8], v: u64) {
 
 impl FrameEncoder {
     pub fn new() -> Self {
-        Self::default()
+        let bit = |i: usize, b: usize| i & (1 << b) != 0;
+        let flags = (0..32)
+            .map(|i| {
+                let mut v = Vec::new();
+                push_bool(&mut v, b",\"fin\":", bit(i, 0));
+                push_bool(&mut v, b",\"rsv1\":", bit(i, 1));
+                push_bool(&mut v, b",\"rsv2\":", bit(i, 2));
+                push_bool(&mut v, b",\"rsv3\":", bit(i, 3));
+                push_bool(&mut v, b",\"masked\":", bit(i, 4));
+                v
+            })
+            .collect();
+        let tail = (0..8)
+            .map(|i| {
+                let mut v = Vec::new();
+                v.extend_from_slice(if bit(i, 0) {
+                    b",\"encoding\":\"hex\""
+                } else {
+                    b",\"encoding\":\"utf8\""
+                });
+                push_bool(&mut v, b",\"truncated\":", bit(i, 1));
+                push_bool(&mut v, b",\"compressed\":", bit(i, 2));
+                v
+            })
+            .collect();
+        FrameEncoder {
+            second: 0,
+            prefix: String::new(),
+            flags,
+            tail,
+        }
     }
 
     fn push_ts(&mut self, out: &mut Vec<u8>, ts: SystemTime) {
@@ -71,45 +197,38 @@ impl FrameEncoder {
             push_u64(out, b",\"conn\":", c.0);
         }
         out.extend_from_slice(b",\"event\":\"frame\"");
-        frame_fields(out, f);
+        self.frame_fields(out, f);
         out.push(b'}');
         true
     }
 }
 
-fn frame_fields(out: &mut Vec<u8>, f: &FrameEvent) {
-    out.extend_from_slice(match f.from {
-        Dir::ClientToServer => b",\"from\":\"client\"",
-        Dir::ServerToClient => b",\"from\":\"server\"",
-    });
-    push_str(out, b",\"opcode\":", f.opcode.name());
-    push_bool(out, b",\"fin\":", f.fin);
-    push_bool(out, b",\"rsv1\":", f.rsv1);
-    push_bool(out, b",\"rsv2\":", f.rsv2);
-    push_bool(out, b",\"rsv3\":", f.rsv3);
-    push_bool(out, b",\"masked\":", f.masked);
-    push_u64(out, b",\"len\":", f.len);
-    push_str(out, b",\"preview\":", &f.preview);
-    out.extend_from_slice(match f.encoding {
-        Encoding::Utf8 => b",\"encoding\":\"utf8\"",
-        Encoding::Hex => b",\"encoding\":\"hex\"",
-    });
-    push_bool(out, b",\"truncated\":", f.truncated);
-    push_bool(out, b",\"compressed\":", f.compressed);
-    if let Some(c) = f.close_code {
-        push_u64(out, b",\"close_code\":", c as u64);
-    }
-    if let Some(n) = &f.close_name {
-        push_str(out, b",\"close_name\":", n);
-    }
-    if let Some(r) = &f.close_reason {
-        push_str(out, b",\"close_reason\":", r);
-    }
-    if f.injected {
-        push_bool(out, b",\"injected\":", true);
-    }
-    if let Some(n) = &f.note {
-        push_str(out, b",\"note\":", n);
+impl FrameEncoder {
+    fn frame_fields(&self, out: &mut Vec<u8>, f: &FrameEvent) {
+        out.extend_from_slice(match f.from {
+            Dir::ClientToServer => b",\"from\":\"client\"",
+            Dir::ServerToClient => b",\"from\":\"server\"",
+        });
+        push_str(out, b",\"opcode\":", f.opcode.name());
+        out.extend_from_slice(&self.flags[flags_index(f)]);
+        push_u64(out, b",\"len\":", f.len);
+        push_str(out, b",\"preview\":", &f.preview);
+        out.extend_from_slice(&self.tail[tail_index(f)]);
+        if let Some(c) = f.close_code {
+            push_u64(out, b",\"close_code\":", c as u64);
+        }
+        if let Some(n) = &f.close_name {
+            push_str(out, b",\"close_name\":", n);
+        }
+        if let Some(r) = &f.close_reason {
+            push_str(out, b",\"close_reason\":", r);
+        }
+        if f.injected {
+            push_bool(out, b",\"injected\":", true);
+        }
+        if let Some(n) = &f.note {
+            push_str(out, b",\"note\":", n);
+        }
     }
 }
 
@@ -181,6 +300,68 @@ mod tests {
                 prop_assert!(enc.encode(&mut fast, &ev));
                 let slow = serde_json::to_vec(&ev).unwrap();
                 prop_assert_eq!(String::from_utf8(fast).unwrap(), String::from_utf8(slow).unwrap());
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn strings_match_serde(s in any::<String>()) {
+            let mut fast = Vec::new();
+            push_str(&mut fast, b"", &s);
+            prop_assert_eq!(fast, serde_json::to_vec(&s).unwrap());
+        }
+    }
+
+    /// What `escapes8` must tell: where the first byte to escape is.
+    fn first_escape(c: [u8; 8]) -> Option<usize> {
+        c.iter().position(|&x| needs_escape(x))
+    }
+
+    fn first_by_word(c: [u8; 8]) -> Option<usize> {
+        let m = escapes8(u64::from_le_bytes(c));
+        (m != 0).then(|| (m.trailing_zeros() / 8) as usize)
+    }
+
+    proptest! {
+        #[test]
+        fn words_find_the_first_byte_to_escape(c in any::<[u8; 8]>(), picks in any::<[u8; 8]>()) {
+            prop_assert_eq!(first_by_word(c), first_escape(c));
+            // words of bytes near the boundaries, where borrows would show
+            let near = [0x00, 0x01, 0x1f, 0x20, 0x21, b'"', b'\\', 0x5b, 0x5d, 0x7f, 0x80, 0xff, b'a'];
+            let w = picks.map(|p| near[p as usize % near.len()]);
+            prop_assert_eq!(first_by_word(w), first_escape(w));
+        }
+
+        #[test]
+        fn ascii_strings_match_serde(s in "[ -~\t\n\x00-\x1f]{0,100}") {
+            let mut fast = Vec::new();
+            push_str(&mut fast, b"", &s);
+            prop_assert_eq!(fast, serde_json::to_vec(&s).unwrap());
+        }
+    }
+
+    #[test]
+    fn every_byte_at_every_place_of_a_word() {
+        for b in 0..=255u8 {
+            for at in 0..8 {
+                for fill in [b'a', 0xff, 0x20, 0x00, b'"'] {
+                    let mut c = [fill; 8];
+                    c[at] = b;
+                    assert_eq!(first_by_word(c), first_escape(c), "{c:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_char_is_written_as_serde_writes_it() {
+        for c in (0..=0x10ffffu32).filter_map(char::from_u32) {
+            // inside a word, across two, and in the tail
+            for s in [format!("abcdefg{c}hijklmnopq"), format!("a{c}b")] {
+                let mut fast = Vec::new();
+                push_str(&mut fast, b"", &s);
+                assert_eq!(fast, serde_json::to_vec(&s).unwrap(), "{c:?}");
             }
         }
     }

@@ -152,11 +152,12 @@ pub fn spawn_dispatcher_with(
             // the drop total the last `dropped` event reported
             let mut reported = 0u64;
             rt.block_on(async {
-                let mut batch = Vec::with_capacity(256);
+                // as the relay sent them: flattening would move every event
+                let mut batches: Vec<Vec<Event>> = Vec::with_capacity(256);
                 // When the oldest unflushed event arrived.
                 let mut dirty: Option<Instant> = None;
                 loop {
-                    batch.clear();
+                    batches.clear();
                     let due = slots
                         .iter()
                         .filter(|s| !s.failed)
@@ -164,11 +165,14 @@ pub fn spawn_dispatcher_with(
                         .chain(dirty.map(|since| since + FLUSH_EVERY))
                         .min();
                     let got = match due {
-                        None => rx.recv_many(&mut batch, 256).await,
+                        None => rx.recv_batches(&mut batches, 256).await,
                         Some(due) => {
                             let deadline = tokio::time::Instant::from_std(due);
-                            match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, 256))
-                                .await
+                            match tokio::time::timeout_at(
+                                deadline,
+                                rx.recv_batches(&mut batches, 256),
+                            )
+                            .await
                             {
                                 Ok(n) => n,
                                 Err(_) => {
@@ -185,7 +189,7 @@ pub fn spawn_dispatcher_with(
                         break;
                     }
                     let mut urgent = false;
-                    for ev in &mut batch {
+                    for ev in batches.iter_mut().flatten() {
                         report.events += 1;
                         if opts.redact {
                             redact::event(ev);

@@ -1,20 +1,25 @@
-//! The canonical record: one JSON object per line, written through a large
+//! The canonical record: one JSON object per line, gathered in a large
 //! buffer (a syscall per frame would cost the relay) and flushed when the
 //! dispatcher says so. `diff` reads these files back.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::Path;
 
 use super::frame_json::FrameEncoder;
 use super::Sink;
 use crate::proto::event::Event;
 
+/// Bytes gathered before they are written out.
+const BUF: usize = 64 * 1024;
+
 pub struct NdjsonSink {
-    out: BufWriter<Box<dyn Write + Send>>,
+    out: Box<dyn Write + Send>,
+    /// Lines not yet written: each event is encoded straight in here (a
+    /// `BufWriter` would take every line through one more copy).
+    buf: Vec<u8>,
     name: String,
     frames: FrameEncoder,
-    line: Vec<u8>,
 }
 
 impl NdjsonSink {
@@ -33,27 +38,44 @@ impl NdjsonSink {
 
     pub fn new(w: Box<dyn Write + Send>, name: &str) -> Self {
         NdjsonSink {
-            out: BufWriter::with_capacity(64 * 1024, w),
+            out: w,
+            buf: Vec::with_capacity(BUF + 4096),
             name: name.to_string(),
             frames: FrameEncoder::new(),
-            line: Vec::with_capacity(512),
         }
+    }
+
+    /// Hands the gathered lines to the file (or stdout).
+    fn write_out(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let r = self.out.write_all(&self.buf);
+        self.buf.clear();
+        r
     }
 }
 
 impl Sink for NdjsonSink {
     fn event(&mut self, ev: &Event) -> io::Result<()> {
-        self.line.clear();
+        let start = self.buf.len();
         // frames come at wire speed: they take the hand-written encoder
-        if !self.frames.encode(&mut self.line, ev) {
-            serde_json::to_writer(&mut self.line, ev).map_err(io::Error::other)?;
+        if !self.frames.encode(&mut self.buf, ev) {
+            if let Err(e) = serde_json::to_writer(&mut self.buf, ev) {
+                // no half line in the log
+                self.buf.truncate(start);
+                return Err(io::Error::other(e));
+            }
         }
-        self.line.push(b'\n');
-        self.out.write_all(&self.line)
+        self.buf.push(b'\n');
+        if self.buf.len() >= BUF {
+            self.write_out()?;
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        match self.out.flush() {
+        match self.write_out().and_then(|()| self.out.flush()) {
             // a closed stdout pipe (`| head`) is a reader that left, not a failure
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
             r => r,
@@ -62,5 +84,12 @@ impl Sink for NdjsonSink {
 
     fn name(&self) -> &str {
         &self.name
+    }
+}
+
+impl Drop for NdjsonSink {
+    /// What is still gathered goes out, as a `BufWriter` would write it.
+    fn drop(&mut self) {
+        let _ = self.write_out();
     }
 }

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::proto::event::Event;
 
@@ -23,6 +23,7 @@ pub struct EventTx {
     tx: mpsc::Sender<Vec<Event>>,
     lossy: bool,
     dropped: Arc<AtomicU64>,
+    full: Arc<Notify>,
 }
 
 /// The receiving side, owned by the sink dispatcher.
@@ -31,6 +32,7 @@ pub struct EventRx {
     dropped: Arc<AtomicU64>,
     lossy: bool,
     batches: Vec<Vec<Event>>,
+    full: Arc<Notify>,
 }
 
 impl EventRx {
@@ -42,6 +44,13 @@ impl EventRx {
     /// Events dropped so far in lossy mode.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when a sender found the channel full: a dispatcher that
+    /// lets events gather stops waiting then, so a burst from many
+    /// connections is not held up by the pause.
+    pub async fn full(&self) {
+        self.full.notified().await
     }
 
     /// Appends the events of up to `limit` ready batches to `buf`, waiting
@@ -75,30 +84,39 @@ impl EventRx {
 pub fn channel(capacity: usize, lossy: bool) -> (EventTx, EventRx) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let dropped = Arc::new(AtomicU64::new(0));
+    let full = Arc::new(Notify::new());
     (
         EventTx {
             tx,
             lossy,
             dropped: dropped.clone(),
+            full: full.clone(),
         },
         EventRx {
             rx,
             dropped,
             lossy,
             batches: Vec::new(),
+            full,
         },
     )
 }
 
 impl EventTx {
     async fn send_batch(&self, batch: Vec<Event>) {
-        if self.lossy {
-            if let Err(mpsc::error::TrySendError::Full(b)) = self.tx.try_send(batch) {
-                self.dropped.fetch_add(b.len() as u64, Ordering::Relaxed);
-            }
-        } else {
+        match self.tx.try_send(batch) {
+            Ok(()) => {}
             // once the sinks are gone (shutdown) events are discarded
-            let _ = self.tx.send(batch).await;
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(b)) => {
+                // the dispatcher may be letting events gather: wake it
+                self.full.notify_one();
+                if self.lossy {
+                    self.dropped.fetch_add(b.len() as u64, Ordering::Relaxed);
+                } else {
+                    let _ = self.tx.send(b).await;
+                }
+            }
         }
     }
 
@@ -147,6 +165,24 @@ mod tests {
                 message: i.to_string(),
             }),
         )
+    }
+
+    #[tokio::test]
+    async fn a_sender_that_finds_the_queue_full_wakes_the_receiver() {
+        let (tx, mut rx) = channel(1, false);
+        tx.send(ev(1)).await;
+        // not full yet: nothing to signal
+        let quiet = tokio::time::timeout(std::time::Duration::from_millis(50), rx.full()).await;
+        assert!(quiet.is_err(), "no signal while there was room");
+        let waiting = tokio::spawn(async move { tx.send(ev(2)).await });
+        tokio::time::timeout(std::time::Duration::from_secs(5), rx.full())
+            .await
+            .expect("the blocked sender signals");
+        let mut got = Vec::new();
+        rx.recv_many(&mut got, 8).await;
+        waiting.await.unwrap();
+        rx.recv_many(&mut got, 8).await;
+        assert_eq!(got.len(), 2);
     }
 
     #[tokio::test]

@@ -219,7 +219,12 @@ pub fn spawn_dispatcher_with(
                     // 64-byte round trip without this, near 0 with it). Not
                     // when busy: then the queue is drained without waiting.
                     if got < GATHER_BELOW {
-                        tokio::time::sleep(GATHER).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(GATHER) => {}
+                            // many connections can fill the queue within
+                            // the pause: then the relay would wait on it
+                            _ = rx.full() => {}
+                        }
                     }
                 }
             });

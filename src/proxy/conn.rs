@@ -832,9 +832,9 @@ impl Conn {
             upstream_bytes,
             insecure_reported: _,
             simulation_reported: _,
-            fixed: _,
-            current: _,
-            after_hop: _,
+            fixed,
+            current,
+            after_hop,
         } = self;
         let Some(up) = upstream else {
             return;
@@ -845,6 +845,9 @@ impl Conn {
             capture: shared.cfg.capture,
             negotiated: Negotiated::from_response(&client_resp),
         };
+        // what only the handshake needed is freed before the relay, which
+        // may idle for hours (unbound fields would live until it ends)
+        drop((client_resp, fixed, current, after_hop));
         let mut c2s = StreamTap::new(id, Dir::ClientToServer, cfg.clone());
         let mut s2c = StreamTap::new(id, Dir::ServerToClient, cfg);
         let mut sides = Sides {

@@ -54,9 +54,24 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    shutdown_and_drain(rd, wr, LINGER_BYTES, LINGER_TIME).await;
+}
+
+/// Shuts down the write half, then reads and drops input until the peer
+/// closes, `max_bytes` or `limit`: closing with input unread would make the
+/// kernel reset the connection and destroy what the peer has yet to read.
+pub async fn shutdown_and_drain<R, W>(
+    rd: &mut Inbound<R>,
+    wr: &mut W,
+    max_bytes: u64,
+    limit: Duration,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     use tokio::io::AsyncWriteExt;
     let _ = wr.shutdown().await;
-    rd.discard(LINGER_BYTES, LINGER_TIME).await;
+    rd.discard(max_bytes, limit).await;
 }
 
 /// Read buffer capacity: a whole loopback TCP read, and more than the

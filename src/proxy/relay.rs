@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::io::{write_flush, Inbound};
+use super::io::{shutdown_and_drain, write_flush, Inbound, LINGER_BYTES};
 use crate::bus::EventTx;
 use crate::bus::MAX_BATCH;
 use crate::proto::event::{ConnId, Dir, Event, EventKind};
@@ -30,9 +30,6 @@ pub const LINGER: Duration = Duration::from_secs(3);
 /// Longest wait, once the relay is over, for the peers to close after
 /// wstap shut its sides down (see [`close_gently`]).
 pub const DRAIN: Duration = Duration::from_secs(1);
-
-/// Most bytes read and dropped while waiting for the peers to close.
-const DRAIN_BYTES: u64 = 1024 * 1024;
 
 /// How long a pump may take to deliver a close wstap asked it to send.
 const CLOSE_DELIVERY: Duration = Duration::from_secs(2);
@@ -527,11 +524,10 @@ where
         up_wr,
     } = sides;
     let _ = tokio::time::timeout(limit, async {
-        let _ = tokio::join!(client_wr.shutdown(), up_wr.shutdown());
         tokio::join!(
-            client_rd.discard(DRAIN_BYTES, limit),
-            up_rd.discard(DRAIN_BYTES, limit)
-        );
+            shutdown_and_drain(client_rd, client_wr, LINGER_BYTES, limit),
+            shutdown_and_drain(up_rd, up_wr, LINGER_BYTES, limit)
+        )
     })
     .await;
 }

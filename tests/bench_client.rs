@@ -13,10 +13,10 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wstap::demo::echo::{EchoMode, EchoOptions};
-use wstap::demo::frame_echo::push_header;
 use wstap::demo::load::{self, LoadConn, LoadError, Report, Workload};
 use wstap::proto::decoder::{FrameDecoder, Piece};
 use wstap::proto::event::Dir;
+use wstap::proto::frame::push_header;
 use wstap::proto::frame::{apply_mask, Opcode};
 use wstap::proto::handshake::accept_key;
 

@@ -14,7 +14,7 @@
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::proto::decoder::{FrameDecoder, Piece};
-use crate::proto::frame::{apply_mask, FrameHeader, Opcode};
+use crate::proto::frame::{apply_mask, push_header, FrameHeader, Opcode};
 
 /// Bytes read per syscall.
 const READ_BUF: usize = 256 * 1024;
@@ -25,31 +25,6 @@ pub enum FrameEchoError {
     Io(#[from] std::io::Error),
     #[error("the peer closed the connection in the middle of a frame")]
     Truncated,
-}
-
-/// Appends a frame header (RFC 6455 §5.2) with the minimal length encoding.
-pub fn push_header(
-    out: &mut Vec<u8>,
-    fin: bool,
-    rsv1: bool,
-    opcode: Opcode,
-    mask: Option<[u8; 4]>,
-    len: u64,
-) {
-    out.push((if fin { 0x80 } else { 0 }) | (if rsv1 { 0x40 } else { 0 }) | opcode.bits());
-    let mbit = if mask.is_some() { 0x80 } else { 0 };
-    if len < 126 {
-        out.push(mbit | len as u8);
-    } else if len <= 0xffff {
-        out.push(mbit | 126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(mbit | 127);
-        out.extend_from_slice(&len.to_be_bytes());
-    }
-    if let Some(m) = mask {
-        out.extend_from_slice(&m);
-    }
 }
 
 /// Echoes frames on `io` until the peer closes (a close frame, or EOF

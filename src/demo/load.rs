@@ -29,9 +29,8 @@ use tokio::net::tcp::WriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore};
 
-use super::frame_echo::push_header;
 use crate::proto::decoder::{FrameDecoder, Piece};
-use crate::proto::frame::{apply_mask, Opcode, Parsed};
+use crate::proto::frame::{apply_mask, push_header, Opcode, Parsed};
 use crate::proto::handshake::accept_key;
 use crate::proto::http::{parse_response_head, Headers};
 

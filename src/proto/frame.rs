@@ -190,6 +190,31 @@ pub fn parse_header(buf: &[u8]) -> Parsed<FrameHeader> {
     )
 }
 
+/// Appends a frame header (RFC 6455 §5.2) with the minimal length encoding.
+pub fn push_header(
+    out: &mut Vec<u8>,
+    fin: bool,
+    rsv1: bool,
+    opcode: Opcode,
+    mask: Option<[u8; 4]>,
+    len: u64,
+) {
+    out.push((if fin { 0x80 } else { 0 }) | (if rsv1 { 0x40 } else { 0 }) | opcode.bits());
+    let mbit = if mask.is_some() { 0x80 } else { 0 };
+    if len < 126 {
+        out.push(mbit | len as u8);
+    } else if len <= 0xffff {
+        out.push(mbit | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(mbit | 127);
+        out.extend_from_slice(&len.to_be_bytes());
+    }
+    if let Some(m) = mask {
+        out.extend_from_slice(&m);
+    }
+}
+
 /// Appends the wire form of a frame (header, then the payload masked with
 /// `mask` when given) to `out`, using the minimal length encoding.
 pub fn encode_frame(
@@ -200,22 +225,9 @@ pub fn encode_frame(
     mask: Option<[u8; 4]>,
     payload: &[u8],
 ) {
-    let b0 = (if fin { 0x80 } else { 0 }) | (if rsv1 { 0x40 } else { 0 }) | opcode.bits();
-    out.push(b0);
-    let mbit = if mask.is_some() { 0x80 } else { 0 };
-    let len = payload.len();
-    if len < 126 {
-        out.push(mbit | len as u8);
-    } else if len <= 0xffff {
-        out.push(mbit | 126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(mbit | 127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
+    push_header(out, fin, rsv1, opcode, mask, payload.len() as u64);
     match mask {
         Some(m) => {
-            out.extend_from_slice(&m);
             let start = out.len();
             out.extend_from_slice(payload);
             apply_mask(&mut out[start..], m, 0);

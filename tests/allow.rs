@@ -23,19 +23,10 @@ async fn connect_from(src: &str, to: std::net::SocketAddr) -> TcpStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_listed_peers_get_through_and_refusals_are_logged() {
     let echo = echo_server(EchoOptions::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("events.jsonl");
     let upstream = format!("ws://{echo}");
-    let proxy = BinProxy::reverse(
+    let (proxy, log) = BinProxy::reverse_with_log(
         &upstream,
-        &[
-            "--json",
-            log.to_str().unwrap(),
-            "--allow",
-            "127.0.0.2/32",
-            "--allow",
-            "10.0.0.0/8",
-        ],
+        &["--allow", "127.0.0.2/32", "--allow", "10.0.0.0/8"],
     )
     .await;
     assert!(

@@ -24,10 +24,8 @@ fn parse_lines(text: &str) -> Vec<Event> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_is_on_disk_while_running_and_complete_at_sigterm() {
     let echo = echo_server(EchoOptions::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("events.jsonl");
     let upstream = format!("ws://{echo}");
-    let proxy = BinProxy::reverse(&upstream, &["--json", log.to_str().unwrap(), "--quiet"]).await;
+    let (proxy, log) = BinProxy::reverse_with_log(&upstream, &["--quiet"]).await;
     assert!(
         proxy
             .stderr()

@@ -173,14 +173,10 @@ fn read_events(path: &std::path::Path) -> Vec<Event> {
 async fn a_storm_of_failing_connections_leaves_no_fd_behind() {
     raise_nofile();
     let up = storm_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("events.jsonl");
     let upstream = format!("ws://{up}");
-    let proxy = BinProxy::reverse(
+    let (proxy, log) = BinProxy::reverse_with_log(
         &upstream,
         &[
-            "--json",
-            log.to_str().unwrap(),
             "--quiet",
             "--header-timeout",
             "1s",

@@ -53,14 +53,8 @@ async fn recording_echo() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_traffic_loses_no_relayed_frame() {
     let (up, server_saw) = recording_echo().await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("events.jsonl");
     let upstream = format!("ws://{up}");
-    let proxy = BinProxy::reverse(
-        &upstream,
-        &["--json", log.to_str().unwrap(), "--quiet", "--grace", "3s"],
-    )
-    .await;
+    let (proxy, log) = BinProxy::reverse_with_log(&upstream, &["--quiet", "--grace", "3s"]).await;
 
     // several connections, each with many messages in flight
     const CONNS: usize = 6;
@@ -188,20 +182,9 @@ async fn a_connection_stuck_on_a_reader_that_does_not_read_still_gets_its_close_
         }
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("events.jsonl");
     let upstream = format!("ws://{up}");
-    let proxy = BinProxy::reverse(
-        &upstream,
-        &[
-            "--json",
-            log.to_str().unwrap(),
-            "--quiet",
-            "--grace",
-            "500ms",
-        ],
-    )
-    .await;
+    let (proxy, log) =
+        BinProxy::reverse_with_log(&upstream, &["--quiet", "--grace", "500ms"]).await;
     let (ws, _) = ws_client(proxy.addr, "/stuck", &[]).await;
     let _held = within("the upstream socket", held_rx.recv()).await.unwrap();
     let mut tcp = ws.into_inner();
@@ -271,20 +254,9 @@ async fn idle_keepalive_and_unanswered_requests_get_close_events_at_shutdown() {
         }
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("events.jsonl");
     let upstream = format!("http://{up}");
-    let proxy = BinProxy::reverse(
-        &upstream,
-        &[
-            "--json",
-            log.to_str().unwrap(),
-            "--quiet",
-            "--grace",
-            "300ms",
-        ],
-    )
-    .await;
+    let (proxy, log) =
+        BinProxy::reverse_with_log(&upstream, &["--quiet", "--grace", "300ms"]).await;
     // a browser-like keep-alive connection, idle after one request
     let mut idle = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     send(&mut idle, b"GET /page HTTP/1.1\r\nHost: a\r\n\r\n").await;

@@ -321,6 +321,25 @@ pub fn e2e_peer(name: &str, candidates: &[&str]) -> Option<PathBuf> {
     None
 }
 
+/// An NDJSON log file in its own temporary directory.
+pub struct JsonLog {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl std::ops::Deref for JsonLog {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::path::Path> for JsonLog {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
 /// The wstap binary running as a child process.
 pub struct BinProxy {
     pub child: tokio::process::Child,
@@ -387,6 +406,17 @@ impl BinProxy {
         let mut args = vec!["proxy", "--listen", "127.0.0.1:0", "--upstream", upstream];
         args.extend_from_slice(extra);
         Self::start(&args).await
+    }
+
+    /// Like `reverse`, with `--json` to a fresh file (kept until the
+    /// returned log is dropped).
+    pub async fn reverse_with_log(upstream: &str, extra: &[&str]) -> (BinProxy, JsonLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let mut args = vec!["--json", path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let proxy = Self::reverse(upstream, &args).await;
+        (proxy, JsonLog { _dir: dir, path })
     }
 
     pub fn stderr(&self) -> String {

@@ -11,6 +11,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
 use common::cdp::{wait_devtools, Cdp};
 use common::chromium::{Chromium, Launch};
@@ -29,6 +30,30 @@ async fn say(ws: &mut Ws, text: &str) {
 
 /// How many frame rows the page shows, and their previews.
 const ROWS: &str = "[...document.querySelectorAll('#frames-spacer .frame-row[data-n]')]";
+
+/// Headless Chromium on the live view at `ui`, its page loaded and its
+/// event stream live; `None` (with a notice) when Chromium is missing.
+async fn open_live_view(ui: SocketAddr, extra: &[&str]) -> Option<(Chromium, Cdp)> {
+    let mut flags = vec![
+        "--remote-debugging-port=0".to_string(),
+        "--window-size=1360,900".to_string(),
+    ];
+    flags.extend(extra.iter().map(|f| f.to_string()));
+    let chromium = Chromium::start(Launch {
+        url: format!("http://{ui}/"),
+        extra: flags,
+        ..Default::default()
+    })?;
+    let url = wait_devtools(&chromium).await;
+    let mut cdp = Cdp::connect(&url).await;
+    cdp.attach_page().await;
+    cdp.wait_for(
+        "the page and its live stream",
+        "document.readyState === 'complete' && document.getElementById('live-state')?.textContent === 'live'",
+    )
+    .await;
+    Some((chromium, cdp))
+}
 
 #[tokio::test]
 async fn the_page_follows_filters_and_injects_live() {
@@ -57,25 +82,9 @@ async fn the_page_follows_filters_and_injects_live() {
     .await
     .unwrap();
 
-    let Some(chromium) = Chromium::start(Launch {
-        url: format!("http://{}/", p.ui),
-        extra: vec![
-            "--remote-debugging-port=0".into(),
-            "--window-size=1360,900".into(),
-            "--hide-scrollbars".into(),
-        ],
-        ..Default::default()
-    }) else {
+    let Some((chromium, mut cdp)) = open_live_view(p.ui, &["--hide-scrollbars"]).await else {
         return;
     };
-    let url = wait_devtools(&chromium).await;
-    let mut cdp = Cdp::connect(&url).await;
-    cdp.attach_page().await;
-    cdp.wait_for(
-        "the page and its live stream",
-        "document.readyState === 'complete' && document.getElementById('live-state')?.textContent === 'live'",
-    )
-    .await;
     cdp.wait_for(
         "the earlier connections",
         "document.querySelectorAll('#conn-rows tr[data-conn-id]').length === 2",
@@ -339,24 +348,9 @@ async fn a_hundred_thousand_frames_stay_responsive_and_do_not_jump() {
         sink.event(&synthetic(id, n)).unwrap();
     }
 
-    let Some(chromium) = Chromium::start(Launch {
-        url: format!("http://{}/", p.ui),
-        extra: vec![
-            "--remote-debugging-port=0".into(),
-            "--window-size=1360,900".into(),
-        ],
-        ..Default::default()
-    }) else {
+    let Some((chromium, mut cdp)) = open_live_view(p.ui, &[]).await else {
         return;
     };
-    let url = wait_devtools(&chromium).await;
-    let mut cdp = Cdp::connect(&url).await;
-    cdp.attach_page().await;
-    cdp.wait_for(
-        "the page",
-        "document.readyState === 'complete' && document.getElementById('live-state')?.textContent === 'live'",
-    )
-    .await;
     cdp.wait_for(
         "the busy connection",
         &format!("document.querySelector('#conn-rows tr[data-conn-id=\"{id}\"]') !== null"),

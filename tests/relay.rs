@@ -321,6 +321,54 @@ async fn a_101_split_across_writes_and_frames_split_anywhere_pass() {
 }
 
 #[tokio::test]
+async fn a_read_holding_more_frames_than_a_batch_is_forwarded_and_logged_whole() {
+    // 1000 tiny frames in one write: the relay forwards the read at once
+    // and logs it in several event batches, every frame in order.
+    const N: usize = 1000;
+    let upstream = scripted_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        let mut wire = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n".to_vec();
+        for i in 0..N {
+            wire.extend_from_slice(&[0x82, 0x02]);
+            wire.extend_from_slice(&(i as u16).to_be_bytes());
+        }
+        send(&mut s, &wire).await;
+        let _ = read_all(&mut s).await;
+    })
+    .await;
+    let proxy = TestProxy::start(&format!("ws://{upstream}")).await;
+    let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    send(&mut c, b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await;
+    read_head(&mut c).await;
+    let body = read_n(&mut c, 4 * N).await;
+    for (i, f) in body.chunks(4).enumerate() {
+        assert_eq!(f[..2], [0x82, 0x02], "frame {i} header");
+        assert_eq!(
+            u16::from_be_bytes([f[2], f[3]]) as usize,
+            i,
+            "frame {i} payload"
+        );
+    }
+    drop(c);
+    let evs = proxy.wait_closes(1).await;
+    let fr = frames(&evs);
+    assert_eq!(fr.len(), N, "{}", dump(&evs));
+    for (i, f) in fr.iter().enumerate() {
+        assert_eq!(
+            (f.from, f.opcode, f.len, f.preview.as_str(), f.encoding),
+            (
+                Dir::ServerToClient,
+                Opcode::Binary,
+                2,
+                format!("{i:04x}").as_str(),
+                Encoding::Hex
+            ),
+            "frame {i}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn client_and_server_drops_end_the_connection_with_a_summary() {
     let echo = echo_server(EchoOptions::default()).await;
     let proxy = TestProxy::start(&format!("ws://{echo}")).await;

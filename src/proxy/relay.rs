@@ -1,6 +1,7 @@
 //! The WebSocket relay after a 101: two pumps, one per direction, each
 //! writing every byte it reads to the peer unchanged and showing a copy to
-//! its direction's tap. A fixed buffer per direction; a full event channel
+//! its direction's tap (after the write, unless the pump must stop at a
+//! frame boundary). A fixed buffer per direction; a full event channel
 //! or a slow reader makes the pump wait, never buffer more. Frames wstap
 //! adds itself (strict-mode and shutdown closes, live-view messages) go in
 //! only at frame boundaries, through each pump's control inbox.
@@ -334,8 +335,7 @@ where
         Dir::ServerToClient => &shared.last_server,
     };
     let mut out: Vec<Event> = Vec::new();
-    // events in the last batch: the next one is sized from it up front
-    // (growing a Vec of events step by step copies them several times)
+    // events in the last batch (see `reserve_batch`)
     let mut last_batch = 0usize;
     let mut pending: VecDeque<Box<Control>> = VecDeque::new();
     let mut inbox_open = true;
@@ -406,6 +406,36 @@ where
         }
 
         let data = rd.buffered();
+        if pending.is_empty() && !shared.opts.strict {
+            // Nothing to stop for: the bytes go out before the tap looks
+            // at them, so decoding and logging add no latency to the hop.
+            last_seen.store(shared.now_ms(), Ordering::Relaxed);
+            let written = write_flush(wr, data).await;
+            let now = SystemTime::now();
+            let batch = FeedOpts {
+                max_events: MAX_BATCH,
+                ..FeedOpts::default()
+            };
+            let mut off = 0;
+            while off < data.len() {
+                reserve_batch(&mut out, last_batch);
+                let fed = tap.feed_until(&data[off..], now, &mut out, batch);
+                off += fed.consumed;
+                if !out.is_empty() {
+                    last_batch = out.len();
+                    shared.events.send_all(&mut out).await;
+                }
+                if fed.consumed == 0 {
+                    break;
+                }
+            }
+            let n = data.len();
+            rd.consume(n);
+            if let Err(e) = written {
+                return StreamEnd::WriteFailed(e.to_string());
+            }
+            continue;
+        }
         let stop = match pending.front() {
             None => Stop::Never,
             Some(c) if c.frame().needs_message_boundary() => Stop::MessageEnd,
@@ -416,9 +446,7 @@ where
             max_events: MAX_BATCH,
             stop_at_violation: shared.opts.strict,
         };
-        if out.capacity() == 0 && last_batch > 0 {
-            out.reserve_exact(last_batch.next_power_of_two().min(MAX_BATCH));
-        }
+        reserve_batch(&mut out, last_batch);
         let fed = tap.feed_until(data, SystemTime::now(), &mut out, opts);
         let violation = fed.violation_at.filter(|_| shared.opts.strict);
         let n = violation.unwrap_or(fed.consumed).min(fed.consumed);
@@ -447,6 +475,14 @@ where
             ))
             .await;
         }
+    }
+}
+
+/// Sizes an empty event batch from the last one up front: growing a Vec
+/// of events step by step copies them several times.
+fn reserve_batch(out: &mut Vec<Event>, last_batch: usize) {
+    if out.capacity() == 0 && last_batch > 0 {
+        out.reserve_exact(last_batch.next_power_of_two().min(MAX_BATCH));
     }
 }
 

@@ -2,7 +2,7 @@
 //! nginx, same run, same machine, as ratios.
 //!
 //! ```text
-//! cargo build --release && cargo run --release --example bench            # a few minutes
+//! cargo build --release && cargo run --release --example bench            # about 6 minutes
 //! cargo run --release --example bench -- --quick                          # about a minute
 //! cargo run --release --example bench -- --only rt-64B,pipe --targets direct,wstap-json
 //! ```
@@ -19,7 +19,9 @@
 //! exactly the frames that crossed.
 //!
 //! Each case runs every target in turn (direct first: the ratios' base),
-//! wstap fresh for each: `wstap` is `--quiet` with no sinks, `wstap-json`
+//! round after round (3 rounds of 2 s by default; each target's median
+//! round is its row, so one disturbed measurement does not make the
+//! table), wstap fresh for each: `wstap` is `--quiet` with no sinks, `wstap-json`
 //! is `--quiet --json FILE` (every frame logged). It prints a table as it
 //! goes, then one JSON line per case. Timing is reported, never asserted:
 //! correctness under load is for the tests (tests/bench_client.rs).
@@ -44,12 +46,19 @@ use wstap::proto::frame::Opcode;
 #[derive(Debug, Parser)]
 #[command(about = "wstap's end-to-end benchmark: direct vs wstap vs nginx, same run")]
 struct Args {
-    /// About a second per measurement instead of four.
+    /// One round of about a second per measurement.
     #[arg(long)]
     quick: bool,
-    /// Seconds measured per case and target (default 4, 1 with --quick).
+    /// Seconds measured per case, target and round (default 2, 1 with --quick).
     #[arg(long, value_name = "SECS")]
     seconds: Option<f64>,
+    /// Rounds per load case: the targets take turns, round after round,
+    /// and the table shows each target's median round (default 3, 1 with
+    /// --quick). On a shared 2-core VM one measurement can be 20% off the
+    /// next; the median of interleaved rounds is not moved by one outlier
+    /// or by a drift that would favour whichever target ran first.
+    #[arg(long, value_name = "N")]
+    rounds: Option<usize>,
     /// Seconds of warm-up before measuring (default 0.5, 0.2 with --quick).
     #[arg(long, value_name = "SECS")]
     warmup: Option<f64>,
@@ -567,6 +576,7 @@ struct Bench {
     ticks: f64,
     seconds: f64,
     warmup: f64,
+    rounds: usize,
     opcode: Opcode,
     failures: Vec<String>,
     json_lines: Vec<String>,
@@ -597,6 +607,17 @@ impl Row {
         (self.report.measured > 0)
             .then(|| pct / 100.0 * seconds * 1e6 / self.report.measured as f64)
     }
+}
+
+/// How far apart the rounds were: (max - min) / median, as `±x%` of half
+/// that; `-` for a single round.
+fn spread(all: &[f64], median: f64) -> String {
+    if all.len() < 2 || median <= 0.0 {
+        return "-".into();
+    }
+    let max = all.iter().copied().fold(f64::MIN, f64::max);
+    let min = all.iter().copied().fold(f64::MAX, f64::min);
+    format!("±{:.0}%", (max - min) / median / 2.0 * 100.0)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> Option<f64> {
@@ -797,10 +818,11 @@ impl Bench {
         }
         println!();
         println!(
-            "{:<16} {:<14} {:>10} {:>9} {:>9} {:>9} {:>8} {:>8}  {:>14} {:>9}",
+            "{:<16} {:<14} {:>10} {:>7} {:>9} {:>9} {:>9} {:>8} {:>8}  {:>14} {:>9}",
             "case",
             "target",
             "msgs/s",
+            "spread",
             "MB/s",
             "p50 µs",
             "p99 µs",
@@ -810,29 +832,47 @@ impl Bench {
             "px µs/msg"
         );
         for case in cases {
-            let mut rows: Vec<(TargetKind, Row)> = Vec::new();
-            for target in self.targets() {
-                let row = match self.load_case(&case, target).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        self.failures
-                            .push(format!("{} {}: {e:#}", case.name, target.name()));
-                        println!("{:<16} {:<14} FAILED: {e:#}", case.name, target.name());
-                        continue;
+            // every round of every target, then each target's median
+            let mut runs: Vec<(TargetKind, Vec<Row>)> = self
+                .targets()
+                .into_iter()
+                .map(|t| (t, Vec::new()))
+                .collect();
+            for _ in 0..self.rounds {
+                for (target, done) in runs.iter_mut() {
+                    match self.load_case(&case, *target).await {
+                        Ok(r) => done.push(r),
+                        Err(e) => {
+                            self.failures
+                                .push(format!("{} {}: {e:#}", case.name, target.name()));
+                            println!("{:<16} {:<14} FAILED: {e:#}", case.name, target.name());
+                        }
                     }
-                };
-                let base = rows.iter().find(|(t, _)| *t == TargetKind::Direct);
-                let ratio = base.map(|(_, b)| row.msgs_per_s / b.msgs_per_s);
-                let p50_ratio = base.and_then(|(_, b)| Some(row.p50_us? / b.p50_us?));
+                }
+            }
+            let mut rows: Vec<(TargetKind, Row, Vec<f64>)> = Vec::new();
+            for (target, mut done) in runs {
+                if done.is_empty() {
+                    continue;
+                }
+                let all: Vec<f64> = done.iter().map(|r| r.msgs_per_s).collect();
+                done.sort_by(|a, b| a.msgs_per_s.total_cmp(&b.msgs_per_s));
+                // the lower median for an even count: never an average of
+                // two runs, so every number in a row comes from one run
+                let row = done.swap_remove((done.len() - 1) / 2);
+                let base = rows.iter().find(|(t, _, _)| *t == TargetKind::Direct);
+                let ratio = base.map(|(_, b, _)| row.msgs_per_s / b.msgs_per_s);
+                let p50_ratio = base.and_then(|(_, b, _)| Some(row.p50_us? / b.p50_us?));
                 let opt = |v: Option<f64>, prec: usize| {
                     v.map(|x| format!("{x:.prec$}"))
                         .unwrap_or_else(|| "-".into())
                 };
                 println!(
-                    "{:<16} {:<14} {:>10.0} {:>9.1} {:>9} {:>9} {:>8} {:>8}  {:>14} {:>9}",
+                    "{:<16} {:<14} {:>10.0} {:>7} {:>9.1} {:>9} {:>9} {:>8} {:>8}  {:>14} {:>9}",
                     case.name,
                     target.name(),
                     row.msgs_per_s,
+                    spread(&all, row.msgs_per_s),
                     row.mb_per_s,
                     opt(row.p50_us, 1),
                     opt(row.p99_us, 1),
@@ -846,15 +886,15 @@ impl Bench {
                     ),
                     opt(row.proxy_us_per_msg(self.seconds), 2),
                 );
-                rows.push((target, row));
+                rows.push((target, row, all));
             }
             let base = rows
                 .iter()
-                .find(|(t, _)| *t == TargetKind::Direct)
-                .map(|(_, r)| r.clone());
+                .find(|(t, _, _)| *t == TargetKind::Direct)
+                .map(|(_, r, _)| r.clone());
             let results: Vec<Value> = rows
                 .iter()
-                .map(|(t, r)| {
+                .map(|(t, r, all)| {
                     let ratio = base.as_ref().map(|b| r.msgs_per_s / b.msgs_per_s);
                     let p50_ratio = base
                         .as_ref()
@@ -865,6 +905,7 @@ impl Bench {
                     json!({
                         "target": t.key(),
                         "msgs_per_s": r.msgs_per_s.round(),
+                        "msgs_per_s_rounds": all.iter().map(|x| x.round()).collect::<Vec<_>>(),
                         "mb_per_s": (r.mb_per_s * 10.0).round() / 10.0,
                         "p50_us": r.p50_us,
                         "p99_us": r.p99_us,
@@ -887,6 +928,7 @@ impl Bench {
                     "window": case.window,
                     "opcode": self.opcode.name(),
                     "seconds": self.seconds,
+                    "rounds": self.rounds,
                     "results": results,
                 })
                 .to_string(),
@@ -1211,10 +1253,19 @@ fn find_wstap(args: &Args) -> Result<PathBuf> {
 }
 
 async fn run(args: Args) -> Result<bool> {
-    let (seconds, warmup) = match args.quick {
-        true => (args.seconds.unwrap_or(1.0), args.warmup.unwrap_or(0.2)),
-        false => (args.seconds.unwrap_or(4.0), args.warmup.unwrap_or(0.5)),
+    let (seconds, warmup, rounds) = match args.quick {
+        true => (
+            args.seconds.unwrap_or(1.0),
+            args.warmup.unwrap_or(0.2),
+            args.rounds.unwrap_or(1),
+        ),
+        false => (
+            args.seconds.unwrap_or(2.0),
+            args.warmup.unwrap_or(0.5),
+            args.rounds.unwrap_or(3),
+        ),
     };
+    let rounds = rounds.max(1);
     if cfg!(debug_assertions) {
         eprintln!("warning: the benchmark is a debug build: its load client is slow; use `cargo run --release --example bench`");
     }
@@ -1266,7 +1317,7 @@ async fn run(args: Args) -> Result<bool> {
         loadavg()
     );
     println!(
-        "echo: {} ({}), {} messages; {seconds} s measured per case and target after {warmup} s warm-up",
+        "echo: {} ({}), {} messages; {seconds} s measured per case, target and round after {warmup} s warm-up; {rounds} rounds, the table shows each target's median",
         echo.addr,
         match args.echo {
             EchoArg::Frames => "wstap::demo::echo, frame-by-frame mode",
@@ -1298,12 +1349,13 @@ async fn run(args: Args) -> Result<bool> {
             fd_after.0
         );
     }
-    println!("every echo is verified byte for byte; `x direct` is msgs/s over direct's, `p50 x` p50 latency over direct's; cpu% is proxy/echo/client, % of one core; `px µs/msg` the proxy's CPU time per message echoed");
+    println!("every echo is verified byte for byte; `x direct` is msgs/s over direct's, `p50 x` p50 latency over direct's; cpu% is proxy/echo/client, % of one core; `px µs/msg` the proxy's CPU time per message echoed; `spread` how far the rounds were apart (half of max - min, % of the median)");
 
     let mut bench = Bench {
         ticks: clock_ticks_per_sec(),
         seconds,
         warmup,
+        rounds,
         opcode: if args.text {
             Opcode::Text
         } else {

@@ -409,9 +409,10 @@ where
         if pending.is_empty() && !shared.opts.strict {
             // Nothing to stop for: the bytes go out before the tap looks
             // at them, so decoding and logging add no latency to the hop.
+            // stamped when read: a slow reader must not move the frames later
+            let now = SystemTime::now();
             last_seen.store(shared.now_ms(), Ordering::Relaxed);
             let written = write_flush(wr, data).await;
-            let now = SystemTime::now();
             let batch = FeedOpts {
                 max_events: MAX_BATCH,
                 ..FeedOpts::default()

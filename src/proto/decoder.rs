@@ -52,6 +52,17 @@ impl FrameDecoder {
         self.partial_len
     }
 
+    /// Counts up to `n` payload bytes of the current frame as received
+    /// without being given them (they went past the tap); returns how many.
+    pub fn skip_payload(&mut self, n: u64) -> u64 {
+        let Some(cur) = &mut self.current else {
+            return 0;
+        };
+        let n = n.min(cur.header.len - cur.received);
+        cur.received += n;
+        n
+    }
+
     /// Takes the next piece from the front of `input`, advancing it.
     /// `None` means `input` is exhausted (any partial header is kept).
     pub fn next<'a>(&mut self, input: &mut &'a [u8]) -> Option<Piece<'a>> {

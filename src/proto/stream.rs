@@ -218,6 +218,35 @@ impl StreamTap {
         (p > 0).then(|| format!("frame header cut after {p} bytes"))
     }
 
+    /// Payload bytes of the current frame that the tap would not look at:
+    /// a data frame that is neither text to validate nor compressed to
+    /// inflate, whose preview (and capture) is complete. The relay may
+    /// pass them on unseen and [`skip`](Self::skip) them.
+    pub fn opaque_ahead(&self) -> u64 {
+        let (Some(cur), Some((_, got))) = (&self.current, self.decoder.current()) else {
+            return 0;
+        };
+        let h = cur.header;
+        let inflate = cur.compressed && self.inflate_dead.is_none();
+        let validate = cur.text && !cur.compressed && !self.utf8_failed;
+        let seen_enough = cur.compressed || self.preview.len() >= self.cfg.keep();
+        if h.opcode.is_control() || inflate || validate || !seen_enough {
+            return 0;
+        }
+        h.len - got
+    }
+
+    /// Counts `n` bytes (at most [`opaque_ahead`](Self::opaque_ahead))
+    /// that crossed without being shown to the tap; events of the frame's
+    /// end go to `out`. Returns how many were taken.
+    pub fn skip(&mut self, n: u64, now: SystemTime, out: &mut Vec<Event>) -> u64 {
+        let n = self.decoder.skip_payload(n.min(self.opaque_ahead()));
+        self.stats.bytes += n;
+        // a frame that ended here is finished like any other
+        self.feed_until(&[], now, out, FeedOpts::default());
+        n
+    }
+
     /// Feeds bytes that crossed the proxy in this direction; events go to
     /// `out`. Returns the offset in `data` where the first frame that broke
     /// the protocol starts (0 when it began in an earlier chunk), so a
@@ -639,7 +668,7 @@ mod tests {
     use super::*;
     use crate::proto::deflate::Deflater;
     use crate::proto::event::Finding;
-    use crate::proto::frame::encode_frame;
+    use crate::proto::frame::{encode_frame, push_header};
     use crate::proto::handshake::DeflateParams;
 
     const M: Option<[u8; 4]> = Some([0x11, 0x22, 0x33, 0x44]);
@@ -963,5 +992,83 @@ mod tests {
         let (frames, findings) = run(&mut t, &w);
         assert_eq!(findings.len(), 1);
         assert!(frames[0].note.is_some());
+    }
+
+    /// The relay splices what `opaque_ahead` allows and feeds the rest:
+    /// the events and counters must be the ones feeding everything gives.
+    #[test]
+    fn skipping_opaque_payload_gives_the_events_of_feeding_it() {
+        let mut w = Vec::new();
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        encode_frame(&mut w, true, false, Opcode::Binary, M, &big);
+        encode_frame(
+            &mut w,
+            true,
+            false,
+            Opcode::Text,
+            M,
+            "é".repeat(40_000).as_bytes(),
+        );
+        encode_frame(&mut w, false, false, Opcode::Binary, M, &big[..70_000]);
+        encode_frame(&mut w, true, false, Opcode::Ping, M, b"p");
+        encode_frame(&mut w, true, false, Opcode::Continuation, M, &big[..90_000]);
+        encode_frame(&mut w, true, false, Opcode::Binary, M, b"tail");
+        let mut whole = tap(Dir::ClientToServer);
+        let mut want = Vec::new();
+        whole.feed(&w, SystemTime::UNIX_EPOCH, &mut want);
+
+        for chunk in [1usize, 7, 4096, 65536] {
+            let mut t = tap(Dir::ClientToServer);
+            let mut got = Vec::new();
+            let mut skipped = 0u64;
+            let mut pos = 0;
+            while pos < w.len() {
+                let ahead = t.opaque_ahead();
+                if ahead > 0 {
+                    // the relay moves at most what one round takes
+                    let n = t.skip(ahead.min(50_000), SystemTime::UNIX_EPOCH, &mut got);
+                    assert!(n > 0);
+                    skipped += n;
+                    pos += n as usize;
+                    continue;
+                }
+                let end = (pos + chunk).min(w.len());
+                t.feed(&w[pos..end], SystemTime::UNIX_EPOCH, &mut got);
+                pos = end;
+            }
+            assert!(
+                skipped > 200_000,
+                "chunk {chunk}: only {skipped} bytes skipped"
+            );
+            let json = |evs: &[Event]| -> Vec<String> {
+                evs.iter()
+                    .map(|e| serde_json::to_string(e).unwrap_or_default())
+                    .collect()
+            };
+            assert_eq!(json(&got), json(&want), "chunk {chunk}");
+            assert_eq!(got.len(), 6, "chunk {chunk}");
+            assert_eq!(t.stats().bytes, w.len() as u64);
+            assert_eq!(t.stats().frames, whole.stats().frames);
+            assert!(t.at_message_boundary());
+        }
+    }
+
+    #[test]
+    fn text_compressed_and_control_payload_is_never_opaque() {
+        let mut t = tap(Dir::ServerToClient);
+        let mut out = Vec::new();
+        let mut w = Vec::new();
+        push_header(&mut w, true, false, Opcode::Text, None, 1 << 20);
+        w.extend_from_slice(&[b'a'; 100]);
+        t.feed(&w, SystemTime::UNIX_EPOCH, &mut out);
+        assert_eq!(t.opaque_ahead(), 0, "text is validated to its end");
+        let mut t = tap(Dir::ServerToClient);
+        let mut w = Vec::new();
+        push_header(&mut w, true, false, Opcode::Binary, None, 1 << 20);
+        w.extend_from_slice(&[0u8; 10]);
+        t.feed(&w, SystemTime::UNIX_EPOCH, &mut out);
+        assert_eq!(t.opaque_ahead(), 0, "the preview is not complete yet");
+        t.feed(&[0u8; 6], SystemTime::UNIX_EPOCH, &mut out);
+        assert_eq!(t.opaque_ahead(), (1 << 20) - 16);
     }
 }

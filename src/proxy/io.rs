@@ -2,17 +2,37 @@
 //! alike, and a fixed-capacity read buffer that can hand back what it read
 //! past a message head (the relay starts from those bytes).
 
+use std::any::Any;
 use std::io;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
 
 use crate::proto::frame::Parsed;
 use crate::proto::http::{HeadError, MAX_HEAD_BYTES};
 
 /// Any duplex byte stream: plain TCP or TLS, client or upstream side.
-pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static> Io for T {}
+pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {
+    /// The plain TCP socket this is, or the stream back: the relay moves
+    /// large payloads between two plain sockets without copying them.
+    fn into_tcp(self: Box<Self>) -> Result<TcpStream, BoxIo>;
+}
+
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static> Io for T {
+    fn into_tcp(self: Box<Self>) -> Result<TcpStream, BoxIo> {
+        if !(&*self as &dyn Any).is::<TcpStream>() {
+            return Err(self);
+        }
+        let any: Box<dyn Any> = self;
+        match any.downcast::<TcpStream>() {
+            Ok(tcp) => Ok(*tcp),
+            // `is` said it was one
+            Err(_) => unreachable!("a TcpStream that is not one"),
+        }
+    }
+}
+
 pub type BoxIo = Box<dyn Io>;
 
 /// Writes all of `bytes` and flushes (a no-op on TCP; TLS streams may hold
@@ -233,6 +253,23 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
 
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.io
+    }
+
+    pub fn get_ref(&self) -> &R {
+        &self.io
+    }
+
+    /// The same buffer over another reader (the same stream, re-wrapped);
+    /// `f` may hand something else back beside it.
+    pub fn map_io<S, X>(self, f: impl FnOnce(R) -> (S, X)) -> (Inbound<S>, X) {
+        let (io, extra) = f(self.io);
+        let inbound = Inbound {
+            io,
+            buf: self.buf,
+            start: self.start,
+            total: self.total,
+        };
+        (inbound, extra)
     }
 
     /// The reader and the bytes read but not consumed, to hand the

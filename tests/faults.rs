@@ -104,6 +104,60 @@ async fn upstream_dies_in_the_middle_of_a_message() {
     );
 }
 
+#[tokio::test]
+async fn upstream_dies_in_the_middle_of_a_large_frame_passed_by_splice() {
+    // 2 MiB of a 4 MiB binary frame, then the upstream is gone; the client
+    // reads slowly, so the relay waits on it in the middle of the frame
+    const SENT: usize = 2 << 20;
+    let up = scripted_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        send(&mut s, switching().as_bytes()).await;
+        let mut head = vec![0x82, 127];
+        head.extend_from_slice(&(4u64 << 20).to_be_bytes());
+        send(&mut s, &head).await;
+        let payload: Vec<u8> = (0..SENT).map(|i| (i % 253) as u8).collect();
+        send(&mut s, &payload).await;
+    })
+    .await;
+    let proxy = TestProxy::start(&format!("ws://{up}")).await;
+    let spliced_before = wstap::proxy::splice::spliced_total();
+    let mut c = raw_ws(proxy.addr, "/die").await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let rest = read_all(&mut c).await;
+    assert_eq!(
+        rest.len(),
+        10 + SENT,
+        "every byte the upstream sent was relayed"
+    );
+    assert!(
+        rest[10..]
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == (i % 253) as u8),
+        "the payload arrived unchanged"
+    );
+    let evs = proxy.wait_closes(1).await;
+    let close = only_close(&evs);
+    assert_eq!(close.reason, "server-closed", "{}", dump(&evs));
+    let abnormal: Vec<_> = findings(&evs)
+        .into_iter()
+        .filter(|f| f.code == "abnormal-closure")
+        .collect();
+    assert_eq!(abnormal.len(), 1, "{}", dump(&evs));
+    let seen = abnormal[0].observed.as_deref().unwrap_or("");
+    assert!(
+        seen.contains(&format!("cut after {SENT} of {} payload bytes", 4 << 20)),
+        "the finding says where the frame was cut: {seen}"
+    );
+    if cfg!(target_os = "linux") {
+        let spliced = wstap::proxy::splice::spliced_total() - spliced_before;
+        assert!(
+            spliced >= (1 << 20) as u64,
+            "only {spliced} bytes were spliced"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_reset_ends_the_connection_with_client_reset() {
     let echo = echo_server(EchoOptions::default()).await;

@@ -44,6 +44,7 @@ async fn messages_of_every_size_arrive_identical_and_are_logged_in_order() {
     let proxy = TestProxy::start(&format!("ws://{echo}")).await;
     let (mut ws, _) = ws_client(proxy.addr, "/echo", &[]).await;
 
+    let spliced_before = wstap::proxy::splice::spliced_total();
     let sizes = [0usize, 1, 125, 126, 65535, 65536, 1 << 20, 16 << 20];
     let mut sent = Vec::new();
     for (i, &len) in sizes.iter().enumerate() {
@@ -105,6 +106,15 @@ async fn messages_of_every_size_arrive_identical_and_are_logged_in_order() {
     assert_eq!(summary.reason, "close-handshake");
     assert_eq!(summary.frames_from_client as usize, sent.len() + 1);
     assert!(finding_codes(&evs).is_empty(), "{:?}", findings(&evs));
+    // the 1 MiB and 16 MiB binary messages crossed mostly by splice(2)
+    // both ways; text is validated, so it never is
+    if cfg!(target_os = "linux") {
+        let spliced = wstap::proxy::splice::spliced_total() - spliced_before;
+        assert!(
+            spliced >= 2 * (16 << 20) - 2 * (1 << 20),
+            "only {spliced} bytes were spliced"
+        );
+    }
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use super::body::{copy_body, BodyError, Capture};
 use super::io::{answer_and_linger, linger_close, write_flush, BoxIo, Inbound, ReadHeadError};
 use super::relay::{self, RelayOptions, Sides};
+use super::splice::relay_side;
 use super::upstream::{authority, Connected, Endpoint, UpstreamUrl};
 use super::Shared;
 use super::{forward, Mode};
@@ -850,11 +851,13 @@ impl Conn {
         drop((client_resp, fixed, current, after_hop));
         let mut c2s = StreamTap::new(id, Dir::ClientToServer, cfg.clone());
         let mut s2c = StreamTap::new(id, Dir::ServerToClient, cfg);
+        let (client_rd, client_wr) = relay_side(client_rd, client_wr);
+        let (up_rd, up_wr) = relay_side(up.rd, up.wr);
         let mut sides = Sides {
             client_rd,
             client_wr,
-            up_rd: up.rd,
-            up_wr: up.wr,
+            up_rd,
+            up_wr,
         };
         let (controls, inboxes) = relay::controls();
         if let Ok(mut open) = shared.open.lock() {

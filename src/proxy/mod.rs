@@ -8,6 +8,7 @@ pub mod conn;
 pub mod forward;
 pub mod io;
 pub mod relay;
+pub mod splice;
 pub mod upstream;
 
 use std::collections::HashMap;

@@ -1,10 +1,12 @@
 //! The WebSocket relay after a 101: two pumps, one per direction, each
 //! writing every byte it reads to the peer unchanged and showing a copy to
 //! its direction's tap (after the write, unless the pump must stop at a
-//! frame boundary). A fixed buffer per direction; a full event channel
-//! or a slow reader makes the pump wait, never buffer more. Frames wstap
-//! adds itself (strict-mode and shutdown closes, live-view messages) go in
-//! only at frame boundaries, through each pump's control inbox.
+//! frame boundary). Between plain TCP sockets, large payload the tap does
+//! not need is spliced past it (`splice`). A fixed buffer per direction; a
+//! full event channel or a slow reader makes the pump wait, never buffer
+//! more. Frames wstap adds itself (strict-mode and shutdown closes,
+//! live-view messages) go in only at frame boundaries, through each pump's
+//! control inbox.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -15,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::io::{shutdown_and_drain, write_flush, Inbound, LINGER_BYTES};
+use super::splice::{Pipe, SpliceError, TcpSide, SPLICE_MIN};
 use crate::bus::EventTx;
 use crate::bus::MAX_BATCH;
 use crate::proto::event::{ConnId, Dir, Event, EventKind};
@@ -152,6 +155,14 @@ impl Shared<'_> {
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
+
+    /// When the sender of `dir` last sent something.
+    fn last_seen(&self, dir: Dir) -> &AtomicU64 {
+        match dir {
+            Dir::ClientToServer => &self.last_client,
+            Dir::ServerToClient => &self.last_server,
+        }
+    }
 }
 
 /// Relays until both directions end, one fails, or wstap cuts the
@@ -169,10 +180,10 @@ pub async fn relay<CR, CW, UR, UW>(
     inboxes: Inboxes,
 ) -> (RelayEnd, SystemTime)
 where
-    CR: AsyncRead + Unpin,
-    CW: AsyncWrite + Unpin,
-    UR: AsyncRead + Unpin,
-    UW: AsyncWrite + Unpin,
+    CR: AsyncRead + TcpSide + Unpin,
+    CW: AsyncWrite + TcpSide + Unpin,
+    UR: AsyncRead + TcpSide + Unpin,
+    UW: AsyncWrite + TcpSide + Unpin,
 {
     let Sides {
         client_rd,
@@ -326,19 +337,18 @@ async fn pump<R, W>(
     other: &mpsc::Sender<Box<Control>>,
 ) -> StreamEnd
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + TcpSide + Unpin,
+    W: AsyncWrite + TcpSide + Unpin,
 {
     let dir = tap.dir();
-    let last_seen = match dir {
-        Dir::ClientToServer => &shared.last_client,
-        Dir::ServerToClient => &shared.last_server,
-    };
+    let last_seen = shared.last_seen(dir);
     let mut out: Vec<Event> = Vec::new();
     // events in the last batch (see `reserve_batch`)
     let mut last_batch = 0usize;
     let mut pending: VecDeque<Box<Control>> = VecDeque::new();
     let mut inbox_open = true;
+    // made when this direction first splices; `None` after that failed
+    let mut pipe: Option<Option<Pipe>> = None;
     loop {
         // what wstap wants to insert, as soon as the stream allows it
         while let Some(c) = pending.front() {
@@ -383,6 +393,13 @@ where
             }
         }
 
+        if rd.buffered().is_empty() && pending.is_empty() && !shared.opts.strict {
+            match splice_round(rd, wr, tap, shared, &mut pipe, &mut out).await {
+                Spliced::Not => {}
+                Spliced::Moved => continue,
+                Spliced::End(end) => return end,
+            }
+        }
         if rd.buffered().is_empty() {
             tokio::select! {
                 biased;
@@ -476,6 +493,66 @@ where
             ))
             .await;
         }
+    }
+}
+
+/// What [`splice_round`] did.
+enum Spliced {
+    /// Nothing: too little opaque payload ahead, or no plain sockets.
+    Not,
+    Moved,
+    End(StreamEnd),
+}
+
+/// Payload the tap will not look at, between plain sockets: the kernel
+/// moves it from one socket to the other and wstap never copies it. One
+/// round, as much as is there up to the pipe's size.
+async fn splice_round<R, W>(
+    rd: &mut Inbound<R>,
+    wr: &mut W,
+    tap: &mut StreamTap,
+    shared: &Shared<'_>,
+    pipe: &mut Option<Option<Pipe>>,
+    out: &mut Vec<Event>,
+) -> Spliced
+where
+    R: AsyncRead + TcpSide + Unpin,
+    W: AsyncWrite + TcpSide + Unpin,
+{
+    let ahead = tap.opaque_ahead();
+    let (true, Some((src, dst))) = (ahead >= SPLICE_MIN, rd.get_ref().tcp().zip(wr.tcp())) else {
+        return Spliced::Not;
+    };
+    let made = pipe.get_or_insert_with(|| match Pipe::new() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::debug!(error = %e, "no pipe for splicing; relaying by copy");
+            None
+        }
+    });
+    let Some(p) = made else {
+        return Spliced::Not;
+    };
+    let max = usize::try_from(ahead).unwrap_or(usize::MAX);
+    match p.round(src, dst, max).await {
+        Ok(0) => {
+            // the sender closed: pass the half-close on, as a read would
+            let _ = wr.shutdown().await;
+            Spliced::End(StreamEnd::Eof)
+        }
+        Ok(n) => {
+            rd.total += n as u64;
+            shared
+                .last_seen(tap.dir())
+                .store(shared.now_ms(), Ordering::Relaxed);
+            tap.skip(n as u64, SystemTime::now(), out);
+            if !out.is_empty() {
+                shared.events.send_all(out).await;
+            }
+            Spliced::Moved
+        }
+        Err(SpliceError::Read(e)) => Spliced::End(StreamEnd::Reset(e.to_string())),
+        Err(SpliceError::Write(e)) => Spliced::End(StreamEnd::WriteFailed(e.to_string())),
     }
 }
 

@@ -393,8 +393,17 @@ where
             }
         }
 
-        if rd.buffered().is_empty() && pending.is_empty() && !shared.opts.strict {
-            match splice_round(rd, wr, tap, shared, &mut pipe, &mut out).await {
+        let splice = rd.buffered().is_empty()
+            && pending.is_empty()
+            && !shared.opts.strict
+            && !matches!(pipe, Some(None))
+            && tap.opaque_ahead() >= SPLICE_MIN
+            && rd.get_ref().tcp().is_some()
+            && wr.tcp().is_some();
+        if splice {
+            // boxed: a round's state should not size every connection's
+            // future (a round moves up to a MiB; one allocation is nothing)
+            match Box::pin(splice_round(rd, wr, tap, shared, &mut pipe, &mut out)).await {
                 Spliced::Not => {}
                 Spliced::Moved => continue,
                 Spliced::End(end) => return end,
@@ -498,15 +507,15 @@ where
 
 /// What [`splice_round`] did.
 enum Spliced {
-    /// Nothing: too little opaque payload ahead, or no plain sockets.
+    /// Nothing: no plain sockets, or no pipe.
     Not,
     Moved,
     End(StreamEnd),
 }
 
-/// Payload the tap will not look at, between plain sockets: the kernel
-/// moves it from one socket to the other and wstap never copies it. One
-/// round, as much as is there up to the pipe's size.
+/// Payload the tap will not look at (`opaque_ahead`), between plain
+/// sockets: the kernel moves it from one socket to the other and wstap
+/// never copies it. One round, as much as is there up to the pipe's size.
 async fn splice_round<R, W>(
     rd: &mut Inbound<R>,
     wr: &mut W,
@@ -520,7 +529,7 @@ where
     W: AsyncWrite + TcpSide + Unpin,
 {
     let ahead = tap.opaque_ahead();
-    let (true, Some((src, dst))) = (ahead >= SPLICE_MIN, rd.get_ref().tcp().zip(wr.tcp())) else {
+    let Some((src, dst)) = rd.get_ref().tcp().zip(wr.tcp()) else {
         return Spliced::Not;
     };
     let made = pipe.get_or_insert_with(|| match Pipe::new() {

@@ -114,7 +114,9 @@ impl EventTx {
                 if self.lossy {
                     self.dropped.fetch_add(b.len() as u64, Ordering::Relaxed);
                 } else {
-                    let _ = self.tx.send(b).await;
+                    // boxed: waiting is rare, and the wait's state would
+                    // otherwise take room in every connection's future
+                    let _ = Box::pin(self.tx.send(b)).await;
                 }
             }
         }

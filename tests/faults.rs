@@ -62,6 +62,16 @@ fn only_close(evs: &[Event]) -> CloseSummary {
     c[0].clone()
 }
 
+/// What the one `abnormal-closure` finding observed.
+fn abnormal_closure_seen(evs: &[Event]) -> String {
+    let abnormal: Vec<_> = findings(evs)
+        .into_iter()
+        .filter(|f| f.code == "abnormal-closure")
+        .collect();
+    assert_eq!(abnormal.len(), 1, "{}", dump(evs));
+    abnormal[0].observed.clone().unwrap_or_default()
+}
+
 /// Opens a raw WebSocket through the proxy; returns the client socket
 /// after the 101 head.
 async fn raw_ws(proxy: std::net::SocketAddr, path: &str) -> TcpStream {
@@ -92,12 +102,7 @@ async fn upstream_dies_in_the_middle_of_a_message() {
     let close = only_close(&evs);
     assert_eq!(close.reason, "server-closed", "{}", dump(&evs));
     assert!(close.websocket);
-    let abnormal: Vec<_> = findings(&evs)
-        .into_iter()
-        .filter(|f| f.code == "abnormal-closure")
-        .collect();
-    assert_eq!(abnormal.len(), 1, "{}", dump(&evs));
-    let seen = abnormal[0].observed.as_deref().unwrap_or("");
+    let seen = abnormal_closure_seen(&evs);
     assert!(
         seen.contains("cut after 100 of 1000 payload bytes"),
         "the finding says where the message was cut: {seen}"
@@ -139,12 +144,7 @@ async fn upstream_dies_in_the_middle_of_a_large_frame_passed_by_splice() {
     let evs = proxy.wait_closes(1).await;
     let close = only_close(&evs);
     assert_eq!(close.reason, "server-closed", "{}", dump(&evs));
-    let abnormal: Vec<_> = findings(&evs)
-        .into_iter()
-        .filter(|f| f.code == "abnormal-closure")
-        .collect();
-    assert_eq!(abnormal.len(), 1, "{}", dump(&evs));
-    let seen = abnormal[0].observed.as_deref().unwrap_or("");
+    let seen = abnormal_closure_seen(&evs);
     assert!(
         seen.contains(&format!("cut after {SENT} of {} payload bytes", 4 << 20)),
         "the finding says where the frame was cut: {seen}"

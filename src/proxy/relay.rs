@@ -560,6 +560,11 @@ where
             }
             Spliced::Moved
         }
+        Err(SpliceError::Unsupported(e)) => {
+            tracing::debug!(error = %e, "splice refused; relaying by copy");
+            *pipe = Some(None);
+            Spliced::Not
+        }
         Err(SpliceError::Read(e)) => Spliced::End(StreamEnd::Reset(e.to_string())),
         Err(SpliceError::Write(e)) => Spliced::End(StreamEnd::WriteFailed(e.to_string())),
     }

@@ -138,6 +138,19 @@ pub enum SpliceError {
     /// Writing to the receiving socket failed; bytes may be lost.
     #[error("{0}")]
     Write(io::Error),
+    /// Splicing is not available here; nothing was moved.
+    #[error("splice is not available: {0}")]
+    Unsupported(io::Error),
+}
+
+/// Errors by which `splice` says it cannot do this (old kernels, sandboxes
+/// such as gVisor, seccomp filters), not that the connection failed.
+#[cfg(target_os = "linux")]
+fn unsupported(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    [Errno::INVAL, Errno::NOSYS, Errno::OPNOTSUPP, Errno::PERM]
+        .iter()
+        .any(|n| e.raw_os_error() == Some(n.raw_os_error()))
 }
 
 /// A pipe of one direction, made the first time that direction splices.
@@ -179,6 +192,9 @@ impl Pipe {
             }) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                // a kernel or sandbox without splice for sockets: no byte
+                // moved, so the relay can go on by copying
+                Err(e) if unsupported(&e) => return Err(SpliceError::Unsupported(e)),
                 Err(e) => return Err(SpliceError::Read(e)),
             }
         };

@@ -24,6 +24,7 @@ pub const SPLICE_MIN: u64 = 16 * 1024;
 /// The pipe's capacity, asked for when it is made (Linux gives 64 KiB by
 /// default; larger rounds mean fewer syscalls per frame). Bytes sit in it
 /// only within one round.
+#[cfg(target_os = "linux")]
 const PIPE_SIZE: usize = 1024 * 1024;
 
 /// Bytes spliced by this process so far (tests check the path is taken).
@@ -172,6 +173,7 @@ impl Pipe {
         let capacity = fcntl_setpipe_size(&wr, PIPE_SIZE).unwrap_or(64 * 1024);
         Ok(Pipe { rd, wr, capacity })
     }
+
     /// Moves up to `max` bytes from `src` to `dst` through the pipe: waits
     /// for `src` to have data, takes what is there, then waits until all
     /// of it is written. `Ok(0)`: `src` reached its end.

@@ -16,19 +16,6 @@ use tokio_tungstenite::tungstenite::Message;
 use wstap::demo::echo::EchoOptions;
 use wstap::proto::event::{CloseSummary, Event};
 
-const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-
-fn upgrade_request(path: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n")
-}
-
-fn switching() -> String {
-    format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-        wstap::proto::handshake::accept_key(KEY)
-    )
-}
-
 /// A masked client frame (zero mask: the payload bytes stay readable).
 fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mut w = Vec::new();
@@ -70,16 +57,6 @@ fn abnormal_closure_seen(evs: &[Event]) -> String {
         .collect();
     assert_eq!(abnormal.len(), 1, "{}", dump(evs));
     abnormal[0].observed.clone().unwrap_or_default()
-}
-
-/// Opens a raw WebSocket through the proxy; returns the client socket
-/// after the 101 head.
-async fn raw_ws(proxy: std::net::SocketAddr, path: &str) -> TcpStream {
-    let mut c = within("connect", TcpStream::connect(proxy)).await.unwrap();
-    send(&mut c, upgrade_request(path).as_bytes()).await;
-    let head = String::from_utf8_lossy(&read_head(&mut c).await).into_owned();
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    c
 }
 
 #[tokio::test]

@@ -20,17 +20,6 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-/// A 101 for the key `raw_upgrade` sends.
-const SWITCHED: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-
-/// A raw TCP client through `proxy`, upgraded (its 101 read).
-async fn raw_upgrade(proxy: std::net::SocketAddr) -> tokio::net::TcpStream {
-    let mut c = tokio::net::TcpStream::connect(proxy).await.unwrap();
-    send(&mut c, b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await;
-    read_head(&mut c).await;
-    c
-}
-
 async fn next_msg(ws: &mut Ws) -> Message {
     within("a message", ws.next())
         .await
@@ -314,7 +303,7 @@ async fn handshake_views_keep_wire_order_case_and_duplicates() {
 async fn a_101_split_across_writes_and_frames_split_anywhere_pass() {
     let upstream = scripted_upstream(|mut s| async move {
         read_head(&mut s).await;
-        let mut wire = SWITCHED.to_vec();
+        let mut wire = switching().into_bytes();
         // a 300-byte binary frame, then a close
         wire.extend_from_slice(&[0x82, 126, 0x01, 0x2c]);
         wire.extend(std::iter::repeat_n(7u8, 300));
@@ -327,7 +316,7 @@ async fn a_101_split_across_writes_and_frames_split_anywhere_pass() {
     })
     .await;
     let proxy = TestProxy::start(&format!("ws://{upstream}")).await;
-    let mut c = raw_upgrade(proxy.addr).await;
+    let mut c = raw_ws(proxy.addr, "/").await;
     let body = read_n(&mut c, 4 + 300 + 4).await;
     assert_eq!(&body[..4], &[0x82, 126, 0x01, 0x2c]);
     drop(c);
@@ -345,7 +334,7 @@ async fn a_read_holding_more_frames_than_a_batch_is_forwarded_and_logged_whole()
     const N: usize = 1000;
     let upstream = scripted_upstream(|mut s| async move {
         read_head(&mut s).await;
-        let mut wire = SWITCHED.to_vec();
+        let mut wire = switching().into_bytes();
         for i in 0..N {
             wire.extend_from_slice(&[0x82, 0x02]);
             wire.extend_from_slice(&(i as u16).to_be_bytes());
@@ -355,7 +344,7 @@ async fn a_read_holding_more_frames_than_a_batch_is_forwarded_and_logged_whole()
     })
     .await;
     let proxy = TestProxy::start(&format!("ws://{upstream}")).await;
-    let mut c = raw_upgrade(proxy.addr).await;
+    let mut c = raw_ws(proxy.addr, "/").await;
     let body = read_n(&mut c, 4 * N).await;
     for (i, f) in body.chunks(4).enumerate() {
         assert_eq!(f[..2], [0x82, 0x02], "frame {i} header");

@@ -25,19 +25,6 @@ use wstap::demo::echo;
 use wstap::proto::event::{Event, EventKind};
 use wstap::proto::frame::{encode_frame, Opcode};
 
-const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-
-fn upgrade(path: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n").into_bytes()
-}
-
-fn switching() -> String {
-    format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-        wstap::proto::handshake::accept_key(KEY)
-    )
-}
-
 fn frame(opcode: Opcode, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
     let mut w = Vec::new();
     encode_frame(&mut w, true, false, opcode, mask, payload);
@@ -100,7 +87,7 @@ async fn storm_client(proxy: SocketAddr, kind: usize) {
     let mut sink = Vec::new();
     match kind {
         0 => {
-            send(&mut c, &upgrade("/echo")).await;
+            send(&mut c, upgrade_request("/echo").as_bytes()).await;
             read_head(&mut c).await;
             send(&mut c, &frame(Opcode::Text, Some([1, 2, 3, 4]), b"ping me")).await;
             let echoed = read_n(&mut c, 2 + 7).await;
@@ -113,16 +100,16 @@ async fn storm_client(proxy: SocketAddr, kind: usize) {
             let _ = within("close reply", c.read_to_end(&mut sink)).await;
         }
         1 => {
-            send(&mut c, &upgrade("/echo")).await;
+            send(&mut c, upgrade_request("/echo").as_bytes()).await;
             read_head(&mut c).await;
             c.set_zero_linger().unwrap();
         }
         2 => {
-            send(&mut c, &upgrade("/die")).await;
+            send(&mut c, upgrade_request("/die").as_bytes()).await;
             let _ = within("EOF", c.read_to_end(&mut sink)).await;
         }
         3 => {
-            send(&mut c, &upgrade("/silent")).await;
+            send(&mut c, upgrade_request("/silent").as_bytes()).await;
             let _ = within("504", c.read_to_end(&mut sink)).await;
             assert!(sink.starts_with(b"HTTP/1.1 504"));
         }
@@ -137,7 +124,7 @@ async fn storm_client(proxy: SocketAddr, kind: usize) {
             let _ = within("EOF", c.read_to_end(&mut sink)).await;
         }
         6 => {
-            send(&mut c, &upgrade("/half")).await;
+            send(&mut c, upgrade_request("/half").as_bytes()).await;
             read_head(&mut c).await;
             send(&mut c, &frame(Opcode::Text, Some([0; 4]), b"last")).await;
             c.shutdown().await.unwrap();
@@ -282,7 +269,7 @@ async fn a_reader_that_does_not_read_makes_the_sender_wait_while_1_gib_goes_thro
     let mut c = within("connect", TcpStream::connect(proxy.addr))
         .await
         .unwrap();
-    send(&mut c, &upgrade("/push")).await;
+    send(&mut c, upgrade_request("/push").as_bytes()).await;
     read_head(&mut c).await;
     let rss_base = rss_kib(pid);
 

@@ -699,6 +699,32 @@ pub async fn wss_client(
     .0
 }
 
+/// The RFC 6455 sample key the raw-wire tests upgrade with.
+pub const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// A WebSocket upgrade request for `path`, keyed with [`WS_KEY`].
+pub fn upgrade_request(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+}
+
+/// The 101 an upstream answers [`upgrade_request`] with.
+pub fn switching() -> String {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        wstap::proto::handshake::accept_key(WS_KEY)
+    )
+}
+
+/// Opens a raw WebSocket through the proxy; returns the client socket
+/// after the 101 head.
+pub async fn raw_ws(proxy: SocketAddr, path: &str) -> TcpStream {
+    let mut c = within("connect", TcpStream::connect(proxy)).await.unwrap();
+    send(&mut c, upgrade_request(path).as_bytes()).await;
+    let head = String::from_utf8_lossy(&read_head(&mut c).await).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    c
+}
+
 /// Sends a WebSocket upgrade request over plain TCP and returns the
 /// response status and body (for upgrades wstap answers itself).
 pub async fn upgrade_status(addr: SocketAddr, path: &str) -> (u16, String) {

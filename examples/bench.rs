@@ -13,7 +13,9 @@
 //! `cargo build --release` first when run through cargo), and nginx with
 //! the standard WebSocket proxy config when `nginx` is installed (in the
 //! foreground, its prefix, pid file, temp dirs and error log in a temp dir,
-//! on 127.0.0.1). The load client runs in this process
+//! on 127.0.0.1), and a bare relay (this binary re-run with `--serve-bare`:
+//! tokio's `copy_bidirectional` on wstap's runtime settings, no decoding,
+//! no log), the floor any proxy on this machine starts from. The load client runs in this process
 //! (`wstap::demo::load`): it verifies every echoed byte, so a fast wrong
 //! answer fails the run, and with `--json` it checks that the log holds
 //! exactly the frames that crossed.
@@ -70,7 +72,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "direct,wstap,wstap-json,nginx"
+        default_value = "direct,bare,wstap,wstap-json,nginx"
     )]
     targets: Vec<TargetKind>,
     /// How the echo server echoes: frame by frame (lean, streaming) or
@@ -102,6 +104,10 @@ struct Args {
     /// Internal: be the echo server on ADDR (prints `listening on ADDR`).
     #[arg(long, hide = true, value_name = "ADDR")]
     serve_echo: Option<String>,
+    /// Internal: be the bare relay in front of the echo server at ADDR
+    /// (prints `listening on ADDR`).
+    #[arg(long, hide = true, value_name = "ADDR")]
+    serve_bare: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -113,6 +119,8 @@ enum EchoArg {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum TargetKind {
     Direct,
+    /// A bare byte relay (no decoding, no log): the floor for any proxy.
+    Bare,
     /// wstap --quiet, no sinks.
     Wstap,
     /// wstap --quiet --json FILE.
@@ -124,6 +132,7 @@ impl TargetKind {
     fn name(self) -> &'static str {
         match self {
             TargetKind::Direct => "direct",
+            TargetKind::Bare => "bare relay",
             TargetKind::Wstap => "wstap --quiet",
             TargetKind::WstapJson => "wstap --json",
             TargetKind::Nginx => "nginx",
@@ -133,6 +142,7 @@ impl TargetKind {
     fn key(self) -> &'static str {
         match self {
             TargetKind::Direct => "direct",
+            TargetKind::Bare => "bare",
             TargetKind::Wstap => "wstap",
             TargetKind::WstapJson => "wstap-json",
             TargetKind::Nginx => "nginx",
@@ -705,6 +715,12 @@ impl Bench {
         Proc::spawn("wstap", cmd).await
     }
 
+    async fn start_bare(&self) -> Result<Proc> {
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("--serve-bare").arg(self.echo.addr.to_string());
+        Proc::spawn("bare relay", cmd).await
+    }
+
     fn json_path(&self, case: &str, target: TargetKind) -> PathBuf {
         self.dir
             .path()
@@ -717,6 +733,7 @@ impl Bench {
             TargetKind::Wstap | TargetKind::WstapJson => {
                 Some(self.start_wstap(json.as_deref()).await?)
             }
+            TargetKind::Bare => Some(self.start_bare().await?),
             _ => None,
         };
         let (addr, proxy_pids) = match (target, &proxy, &self.nginx) {
@@ -795,6 +812,7 @@ impl Bench {
     fn targets(&self) -> Vec<TargetKind> {
         let mut t: Vec<TargetKind> = [
             TargetKind::Direct,
+            TargetKind::Bare,
             TargetKind::Wstap,
             TargetKind::WstapJson,
             TargetKind::Nginx,
@@ -953,6 +971,10 @@ impl Bench {
         };
         let mut results = Vec::new();
         for target in self.targets() {
+            if target == TargetKind::Bare {
+                // a reference for speed: its memory is not the question
+                continue;
+            }
             if target == TargetKind::Wstap && self.args.targets.contains(&TargetKind::WstapJson) {
                 // one wstap row is enough for memory: the logging one
                 continue;
@@ -1212,6 +1234,61 @@ fn serve_echo(addr: &str, mode: EchoArg) -> ExitCode {
     })
 }
 
+/// The bare relay: bytes both ways through tokio's `copy_bidirectional`,
+/// on the runtime wstap runs (one worker thread), with wstap's read size
+/// and TCP_NODELAY on both sides, and nothing else. What wstap costs above
+/// this row is its decoding, events and log; what this row costs above
+/// direct is the second hop itself.
+fn serve_bare(upstream: SocketAddr) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bare relay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let size = wstap::proxy::io::READ_CAPACITY;
+        let bound = tokio::net::TcpListener::bind("127.0.0.1:0").await;
+        let (l, mut term) = match (bound, signal(SignalKind::terminate())) {
+            (Ok(l), Ok(term)) => (l, term),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("bare relay: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        match l.local_addr() {
+            Ok(a) => println!("listening on {a}"),
+            Err(e) => {
+                eprintln!("bare relay: {e}");
+                return ExitCode::from(2);
+            }
+        }
+        loop {
+            tokio::select! {
+                _ = term.recv() => return ExitCode::SUCCESS,
+                accepted = l.accept() => {
+                    let Ok((mut client, _)) = accepted else { continue };
+                    tokio::spawn(async move {
+                        let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
+                            return;
+                        };
+                        let _ = client.set_nodelay(true);
+                        let _ = up.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut up, size, size)
+                            .await;
+                    });
+                }
+            }
+        }
+    })
+}
+
 /// Finds target/release/wstap beside this example (building it first when
 /// run through cargo).
 fn find_wstap(args: &Args) -> Result<PathBuf> {
@@ -1407,6 +1484,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(addr) = &args.serve_echo {
         return serve_echo(addr, args.echo);
+    }
+    if let Some(upstream) = args.serve_bare {
+        return serve_bare(upstream);
     }
     if args.list {
         for c in load_cases() {

@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, O
 use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
 use tokio_tungstenite::tungstenite::Message;
 use wstap::demo::echo::EchoOptions;
-use wstap::proto::event::{view_header, Dir, Encoding};
+use wstap::proto::event::{view_header, Dir, Encoding, FrameEvent};
 use wstap::proto::frame::Opcode;
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -94,6 +94,30 @@ async fn messages_of_every_size_arrive_identical_and_are_logged_in_order() {
     let summary = &closes(&evs)[0];
     assert_eq!(summary.reason, "close-handshake");
     assert_eq!(summary.frames_from_client as usize, sent.len() + 1);
+    // the byte counts hold every frame on the wire, spliced payload
+    // included, plus the handshake before them (a request and a 101, each
+    // well under 2 KiB)
+    let wire = |fs: &[&FrameEvent]| -> u64 {
+        fs.iter()
+            .map(|f| {
+                let ext = match f.len {
+                    0..=125 => 0,
+                    126..=65535 => 2,
+                    _ => 8,
+                };
+                2 + ext + if f.masked { 4 } else { 0 } + f.len
+            })
+            .sum()
+    };
+    for (total, frames) in [
+        (summary.bytes_from_client, wire(&from_client)),
+        (summary.bytes_from_server, wire(&from_server)),
+    ] {
+        assert!(
+            total > frames && total - frames < 2048,
+            "{total} bytes counted for {frames} bytes of frames"
+        );
+    }
     assert!(finding_codes(&evs).is_empty(), "{:?}", findings(&evs));
     // the 1 MiB and 16 MiB binary messages crossed mostly by splice(2)
     // both ways; text is validated, so it never is

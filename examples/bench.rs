@@ -2,7 +2,7 @@
 //! nginx, same run, same machine, as ratios.
 //!
 //! ```text
-//! cargo build --release && cargo run --release --example bench            # about 5 minutes
+//! cargo build --release && cargo run --release --example bench            # about 6 minutes
 //! cargo run --release --example bench -- --quick                          # about a minute
 //! cargo run --release --example bench -- --only rt-64B,pipe --targets direct,wstap-json
 //! ```

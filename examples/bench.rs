@@ -353,16 +353,22 @@ fn status_kib(pid: u32, key: &str) -> Option<u64> {
 
 /// User + system CPU time of a process (all its threads), in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
+    let (user, system) = cpu_ticks_split(pid);
+    user + system
+}
+
+/// User and system CPU time of `pid` so far, in clock ticks.
+fn cpu_ticks_split(pid: u32) -> (u64, u64) {
     let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
+        return (0, 0);
     };
     let Some(rest) = s.rsplit_once(')').map(|(_, r)| r) else {
-        return 0;
+        return (0, 0);
     };
     let f: Vec<&str> = rest.split_whitespace().collect();
     // fields 14 and 15 of stat; `rest` starts at field 3
     let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    get(11) + get(12)
+    (get(11), get(12))
 }
 
 fn clock_ticks_per_sec() -> f64 {
@@ -603,6 +609,9 @@ struct Row {
     p99_us: Option<f64>,
     /// CPU use over the measured span, % of one core.
     cpu_proxy: Option<f64>,
+    /// The part of `cpu_proxy` spent in user space: the proxy's own code,
+    /// where the kernel's part is mostly the sockets every proxy pays for.
+    cpu_proxy_user: Option<f64>,
     cpu_echo: f64,
     cpu_client: f64,
     report: Report,
@@ -613,7 +622,15 @@ impl Row {
     /// The proxy's CPU time per message echoed (both directions), in µs:
     /// what the proxy costs, less sensitive to other load than msgs/s.
     fn proxy_us_per_msg(&self, seconds: f64) -> Option<f64> {
-        let pct = self.cpu_proxy?;
+        self.us_per_msg(self.cpu_proxy?, seconds)
+    }
+
+    /// The user-space part of [`Row::proxy_us_per_msg`].
+    fn proxy_user_us_per_msg(&self, seconds: f64) -> Option<f64> {
+        self.us_per_msg(self.cpu_proxy_user?, seconds)
+    }
+
+    fn us_per_msg(&self, pct: f64, seconds: f64) -> Option<f64> {
         (self.report.measured > 0)
             .then(|| pct / 100.0 * seconds * 1e6 / self.report.measured as f64)
     }
@@ -758,12 +775,11 @@ impl Bench {
         let echo_pid = self.echo.pid;
         let me = std::process::id();
         let sampler = tokio::spawn(async move {
-            let snap = |pids: &[u32]| -> (u64, u64, u64) {
-                (
-                    pids.iter().map(|p| cpu_ticks(*p)).sum(),
-                    cpu_ticks(echo_pid),
-                    cpu_ticks(me),
-                )
+            // (proxy, echo, client, the proxy's user time)
+            let snap = |pids: &[u32]| -> (u64, u64, u64, u64) {
+                let proxy = pids.iter().map(|p| cpu_ticks_split(*p));
+                let (user, system) = proxy.fold((0, 0), |(u, s), (pu, ps)| (u + pu, s + ps));
+                (user + system, cpu_ticks(echo_pid), cpu_ticks(me), user)
             };
             tokio::time::sleep_until(start.into()).await;
             let a = snap(&proxy_pids);
@@ -802,6 +818,7 @@ impl Bench {
             p50_us: percentile(&rep.latencies_ns, 0.50),
             p99_us: percentile(&rep.latencies_ns, 0.99),
             cpu_proxy: has_proxy.then(|| pct(a.0, b.0)),
+            cpu_proxy_user: has_proxy.then(|| pct(a.3, b.3)),
             cpu_echo: pct(a.1, b.1),
             cpu_client: pct(a.2, b.2),
             report: rep,
@@ -836,7 +853,7 @@ impl Bench {
         }
         println!();
         println!(
-            "{:<16} {:<14} {:>10} {:>7} {:>9} {:>9} {:>9} {:>8} {:>8}  {:>14} {:>9}",
+            "{:<16} {:<14} {:>10} {:>7} {:>9} {:>9} {:>9} {:>8} {:>8}  {:>14} {:>9} {:>7}",
             "case",
             "target",
             "msgs/s",
@@ -847,7 +864,8 @@ impl Bench {
             "x direct",
             "p50 x",
             "cpu% px/ec/cl",
-            "px µs/msg"
+            "px µs/msg",
+            "of user"
         );
         for case in cases {
             // every round of every target, then each target's median
@@ -886,7 +904,7 @@ impl Bench {
                         .unwrap_or_else(|| "-".into())
                 };
                 println!(
-                    "{:<16} {:<14} {:>10.0} {:>7} {:>9.1} {:>9} {:>9} {:>8} {:>8}  {:>14} {:>9}",
+                    "{:<16} {:<14} {:>10.0} {:>7} {:>9.1} {:>9} {:>9} {:>8} {:>8}  {:>14} {:>9} {:>7}",
                     case.name,
                     target.name(),
                     row.msgs_per_s,
@@ -903,6 +921,7 @@ impl Bench {
                         row.cpu_client
                     ),
                     opt(row.proxy_us_per_msg(self.seconds), 2),
+                    opt(row.proxy_user_us_per_msg(self.seconds), 2),
                 );
                 rows.push((target, row, all));
             }
@@ -934,6 +953,7 @@ impl Bench {
                         "frames_logged": r.logged.map(|(c, s)| json!({"client": c, "server": s})),
                         "cpu_pct": {"proxy": r.cpu_proxy.map(|x| x.round()), "echo": r.cpu_echo.round(), "client": r.cpu_client.round()},
                         "proxy_cpu_us_per_msg": r.proxy_us_per_msg(self.seconds).map(|x| (x * 100.0).round() / 100.0),
+                        "proxy_user_us_per_msg": r.proxy_user_us_per_msg(self.seconds).map(|x| (x * 100.0).round() / 100.0),
                     })
                 })
                 .collect();
@@ -1426,7 +1446,7 @@ async fn run(args: Args) -> Result<bool> {
             fd_after.0
         );
     }
-    println!("every echo is verified byte for byte; `x direct` is msgs/s over direct's, `p50 x` p50 latency over direct's; cpu% is proxy/echo/client, % of one core; `px µs/msg` the proxy's CPU time per message echoed; `spread` how far the rounds were apart (half of max - min, % of the median)");
+    println!("every echo is verified byte for byte; `x direct` is msgs/s over direct's, `p50 x` p50 latency over direct's; cpu% is proxy/echo/client, % of one core; `px µs/msg` the proxy's CPU time per message echoed, `of user` the part of it in user space (the proxy's own code; the rest is the kernel's socket work); `spread` how far the rounds were apart (half of max - min, % of the median)");
 
     let mut bench = Bench {
         ticks: clock_ticks_per_sec(),

@@ -15,10 +15,10 @@
 //! foreground, its prefix, pid file, temp dirs and error log in a temp dir,
 //! on 127.0.0.1), and a bare relay (this binary re-run with `--serve-bare`:
 //! tokio's `copy_bidirectional` on wstap's runtime settings, no decoding,
-//! no log), the floor any proxy on this machine starts from. The load client runs in this process
-//! (`wstap::demo::load`): it verifies every echoed byte, so a fast wrong
-//! answer fails the run, and with `--json` it checks that the log holds
-//! exactly the frames that crossed.
+//! no log): what relaying alone costs on the machine. The load client
+//! runs in this process (`wstap::demo::load`): it verifies every echoed
+//! byte, so a fast wrong answer fails the run, and with `--json` it checks
+//! that the log holds exactly the frames that crossed.
 //!
 //! Each case runs every target in turn (direct first: the ratios' base),
 //! round after round (3 rounds of 2 s by default; each target's median
@@ -119,7 +119,7 @@ enum EchoArg {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum TargetKind {
     Direct,
-    /// A bare byte relay (no decoding, no log): the floor for any proxy.
+    /// A bare byte relay (no decoding, no log): what relaying alone costs.
     Bare,
     /// wstap --quiet, no sinks.
     Wstap,

@@ -1,5 +1,5 @@
-//! The end-to-end benchmark (issue 6): direct vs through wstap vs through
-//! nginx, same run, same machine, as ratios.
+//! The end-to-end benchmark (issue 6): direct vs through a bare relay vs
+//! through wstap vs through nginx, same run, same machine, as ratios.
 //!
 //! ```text
 //! cargo build --release && cargo run --release --example bench            # about 6 minutes
@@ -23,10 +23,11 @@
 //! Each case runs every target in turn (direct first: the ratios' base),
 //! round after round (3 rounds of 2 s by default; each target's median
 //! round is its row, so one disturbed measurement does not make the
-//! table), wstap fresh for each: `wstap` is `--quiet` with no sinks, `wstap-json`
-//! is `--quiet --json FILE` (every frame logged). It prints a table as it
-//! goes, then one JSON line per case. Timing is reported, never asserted:
-//! correctness under load is for the tests (tests/bench_client.rs).
+//! table), wstap and the bare relay fresh for each: `wstap` is `--quiet`
+//! with no sinks, `wstap-json` is `--quiet --json FILE` (every frame
+//! logged). It prints a table as it goes, then one JSON line per case.
+//! Timing is reported, never asserted: correctness under load is for the
+//! tests (tests/bench_client.rs).
 
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -46,7 +47,9 @@ use wstap::demo::load::{self, Limit, LoadConn, Report, Workload};
 use wstap::proto::frame::Opcode;
 
 #[derive(Debug, Parser)]
-#[command(about = "wstap's end-to-end benchmark: direct vs wstap vs nginx, same run")]
+#[command(
+    about = "wstap's end-to-end benchmark: direct vs a bare relay vs wstap vs nginx, same run"
+)]
 struct Args {
     /// One round of about a second per measurement.
     #[arg(long)]
@@ -1199,7 +1202,7 @@ fn round3(x: f64) -> f64 {
 }
 
 /// Raises RLIMIT_NOFILE for this process and, by inheritance, the echo
-/// server, wstap and nginx it starts: to `need` where the hard limit can
+/// server, bare relay, wstap and nginx it starts: to `need` where the hard limit can
 /// be raised (root with CAP_SYS_RESOURCE), else to the hard limit.
 /// Returns the limits before and after.
 fn raise_fd_limit(need: u64) -> ((u64, u64), (u64, u64)) {
@@ -1293,7 +1296,11 @@ fn serve_bare(upstream: SocketAddr) -> ExitCode {
             tokio::select! {
                 _ = term.recv() => return ExitCode::SUCCESS,
                 accepted = l.accept() => {
-                    let Ok((mut client, _)) = accepted else { continue };
+                    let Ok((mut client, _)) = accepted else {
+                        // out of descriptors, say: do not spin on it
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
                     tokio::spawn(async move {
                         let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
                             return;

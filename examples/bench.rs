@@ -1218,6 +1218,20 @@ fn raise_fd_limit(need: u64) -> ((u64, u64), (u64, u64)) {
     (before, after)
 }
 
+/// Prints the `listening on ADDR` line the benchmark waits for.
+fn announce(l: &tokio::net::TcpListener, who: &str) -> bool {
+    match l.local_addr() {
+        Ok(a) => {
+            println!("listening on {a}");
+            true
+        }
+        Err(e) => {
+            eprintln!("{who}: {e}");
+            false
+        }
+    }
+}
+
 fn serve_echo(addr: &str, mode: EchoArg) -> ExitCode {
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -1234,12 +1248,8 @@ fn serve_echo(addr: &str, mode: EchoArg) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        match l.local_addr() {
-            Ok(a) => println!("listening on {a}"),
-            Err(e) => {
-                eprintln!("echo: {e}");
-                return ExitCode::from(2);
-            }
+        if !announce(&l, "echo") {
+            return ExitCode::from(2);
         }
         let mode = match mode {
             EchoArg::Frames => EchoMode::Frames,
@@ -1285,12 +1295,8 @@ fn serve_bare(upstream: SocketAddr) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        match l.local_addr() {
-            Ok(a) => println!("listening on {a}"),
-            Err(e) => {
-                eprintln!("bare relay: {e}");
-                return ExitCode::from(2);
-            }
+        if !announce(&l, "bare relay") {
+            return ExitCode::from(2);
         }
         loop {
             tokio::select! {

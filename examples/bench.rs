@@ -1202,9 +1202,9 @@ fn round3(x: f64) -> f64 {
 }
 
 /// Raises RLIMIT_NOFILE for this process and, by inheritance, the echo
-/// server, bare relay, wstap and nginx it starts: to `need` where the hard limit can
-/// be raised (root with CAP_SYS_RESOURCE), else to the hard limit.
-/// Returns the limits before and after.
+/// server, bare relay, wstap and nginx it starts: to `need` where the hard
+/// limit can be raised (root with CAP_SYS_RESOURCE), else to the hard
+/// limit. Returns the limits before and after.
 fn raise_fd_limit(need: u64) -> ((u64, u64), (u64, u64)) {
     let before = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((0, 0));
     let (soft, hard) = before;

@@ -207,13 +207,6 @@ fn shape(list: &[(&str, u64, &str)]) -> Vec<(String, u64, String)> {
         .collect()
 }
 
-async fn next_msg(ws: &mut Ws) -> Message {
-    within("a message", ws.next())
-        .await
-        .expect("stream ended")
-        .expect("read")
-}
-
 async fn echo_round(ws: &mut Ws, m: Message) {
     within("send", ws.send(m.clone())).await.unwrap();
     assert_eq!(next_msg(ws).await, m);

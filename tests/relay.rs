@@ -14,19 +14,6 @@ use wstap::demo::echo::EchoOptions;
 use wstap::proto::event::{view_header, Dir, Encoding, FrameEvent};
 use wstap::proto::frame::Opcode;
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
-
-async fn next_msg(ws: &mut Ws) -> Message {
-    within("a message", ws.next())
-        .await
-        .expect("stream ended")
-        .expect("read")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_of_every_size_arrive_identical_and_are_logged_in_order() {
     let echo = echo_server(EchoOptions::default()).await;

@@ -752,3 +752,20 @@ pub fn read_ndjson(path: &std::path::Path) -> Vec<Event> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
         .collect()
 }
+
+/// `len` bytes in a pattern that differs with `seed` and repeats every
+/// 256 bytes, so a shifted or swapped chunk shows.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// The next message from `ws` (within [`STEP`]).
+pub async fn next_msg(ws: &mut Ws) -> tokio_tungstenite::tungstenite::Message {
+    use futures_util::StreamExt;
+    within("a message", ws.next())
+        .await
+        .expect("stream ended")
+        .expect("read")
+}

@@ -19,25 +19,20 @@ use wstap::proto::frame::Opcode;
 
 /// Lowers the soft descriptor limit to just above the highest descriptor
 /// in use and fills the gaps below it, so that no new descriptor can be
-/// made. Returns what restores the limit and frees them.
-fn take_every_descriptor() -> (u64, Vec<File>) {
-    let (soft, _) = rlimit::getrlimit(Resource::NOFILE).expect("getrlimit");
+/// made. Returns the limits to restore and what frees them.
+fn take_every_descriptor() -> ((u64, u64), Vec<File>) {
+    let (soft, hard) = rlimit::getrlimit(Resource::NOFILE).expect("getrlimit");
     let highest = std::fs::read_dir("/proc/self/fd")
         .expect("/proc/self/fd")
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
         .max()
         .expect("some descriptor");
-    rlimit::setrlimit(
-        Resource::NOFILE,
-        highest + 1,
-        rlimit::getrlimit(Resource::NOFILE).expect("getrlimit").1,
-    )
-    .expect("setrlimit");
+    rlimit::setrlimit(Resource::NOFILE, highest + 1, hard).expect("setrlimit");
     let mut held = Vec::new();
     while let Ok(f) = File::open("/dev/null") {
         held.push(f);
     }
-    (soft, held)
+    ((soft, hard), held)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,7 +45,7 @@ async fn without_a_pipe_large_payload_is_copied_whole() {
     within("send", ws.send(small.clone())).await.unwrap();
     assert!(next_msg(&mut ws).await == small);
 
-    let (soft, held) = take_every_descriptor();
+    let ((soft, hard), held) = take_every_descriptor();
     assert!(
         File::open("/dev/null").is_err(),
         "a descriptor is still free"
@@ -61,7 +56,6 @@ async fn without_a_pipe_large_payload_is_copied_whole() {
     let back = next_msg(&mut ws).await;
     let spliced = wstap::proxy::splice::spliced_total() - spliced_before;
     drop(held);
-    let (_, hard) = rlimit::getrlimit(Resource::NOFILE).expect("getrlimit");
     rlimit::setrlimit(Resource::NOFILE, soft, hard).expect("restore the limit");
 
     assert!(back == big, "the 4 MiB message came back changed");

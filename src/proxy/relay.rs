@@ -393,17 +393,20 @@ where
             }
         }
 
-        let splice = rd.buffered().is_empty()
+        let ahead = if rd.buffered().is_empty()
             && pending.is_empty()
             && !shared.opts.strict
             && !matches!(pipe, Some(None))
-            && tap.opaque_ahead() >= SPLICE_MIN
-            && rd.get_ref().tcp().is_some()
-            && wr.tcp().is_some();
-        if splice {
+        {
+            tap.opaque_ahead()
+        } else {
+            0
+        };
+        if ahead >= SPLICE_MIN && rd.get_ref().tcp().is_some() && wr.tcp().is_some() {
             // boxed: a round's state should not size every connection's
             // future (a round moves up to a MiB; one allocation is nothing)
-            match Box::pin(splice_round(rd, wr, tap, shared, &mut pipe, &mut out)).await {
+            let round = splice_round(rd, wr, tap, shared, &mut pipe, ahead, &mut out);
+            match Box::pin(round).await {
                 Spliced::Not => {}
                 Spliced::Moved => continue,
                 Spliced::End(end) => return end,
@@ -513,22 +516,23 @@ enum Spliced {
     End(StreamEnd),
 }
 
-/// Payload the tap will not look at (`opaque_ahead`), between plain
-/// sockets: the kernel moves it from one socket to the other and wstap
-/// never copies it. One round, as much as is there up to the pipe's size.
+/// `ahead` bytes of payload the tap will not look at (`opaque_ahead`),
+/// between plain sockets: the kernel moves them from one socket to the
+/// other and wstap never copies them. One round, as much as is there up
+/// to the pipe's size.
 async fn splice_round<R, W>(
     rd: &mut Inbound<R>,
     wr: &mut W,
     tap: &mut StreamTap,
     shared: &Shared<'_>,
     pipe: &mut Option<Option<Pipe>>,
+    ahead: u64,
     out: &mut Vec<Event>,
 ) -> Spliced
 where
     R: AsyncRead + TcpSide + Unpin,
     W: AsyncWrite + TcpSide + Unpin,
 {
-    let ahead = tap.opaque_ahead();
     let Some((src, dst)) = rd.get_ref().tcp().zip(wr.tcp()) else {
         return Spliced::Not;
     };

@@ -10,6 +10,7 @@ pub mod io;
 pub mod relay;
 pub mod splice;
 pub mod upstream;
+pub mod woken;
 
 use std::collections::HashMap;
 use std::future::Future;

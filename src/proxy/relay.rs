@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::io::{shutdown_and_drain, write_flush, Inbound, LINGER_BYTES};
 use super::splice::{Pipe, SpliceError, TcpSide, SPLICE_MIN};
+use super::woken::WokenOnly;
 use crate::bus::EventTx;
 use crate::bus::MAX_BATCH;
 use crate::proto::event::{ConnId, Dir, Event, EventKind};
@@ -199,22 +200,24 @@ where
         last_client: AtomicU64::new(0),
         last_server: AtomicU64::new(0),
     };
-    let up = pump(
+    // Each pump is polled only when its own socket or inbox woke the
+    // task: bytes in one direction then cost nothing in the other.
+    let up = WokenOnly::new(pump(
         client_rd,
         up_wr,
         c2s,
         &shared,
         inboxes.to_server,
         &controls.to_client,
-    );
-    let down = pump(
+    ));
+    let down = WokenOnly::new(pump(
         up_rd,
         client_wr,
         s2c,
         &shared,
         inboxes.to_client,
         &controls.to_server,
-    );
+    ));
     let idle = idle_watch(&shared);
     let run = async {
         tokio::pin!(up, down, idle);
@@ -234,7 +237,7 @@ where
     // (a write to a peer that does not read, the linger, a close delivery)
     tokio::select! {
         ended = run => ended,
-        cut = hard_stop(opts.hard_stop.clone()) => (cut, SystemTime::now()),
+        cut = WokenOnly::new(hard_stop(opts.hard_stop.clone())) => (cut, SystemTime::now()),
     }
 }
 
@@ -350,6 +353,13 @@ where
     // made when this direction first splices; `None` after that failed
     let mut pipe: Option<Option<Pipe>> = None;
     loop {
+        // A glance, not a wait: a busy socket never leaves the read below
+        // for the inbox (see there).
+        if inbox_open && !inbox.is_empty() {
+            while let Ok(c) = inbox.try_recv() {
+                pending.push_back(c);
+            }
+        }
         // what wstap wants to insert, as soon as the stream allows it
         while let Some(c) = pending.front() {
             let ready = if c.frame().needs_message_boundary() {
@@ -413,15 +423,12 @@ where
             }
         }
         if rd.buffered().is_empty() {
+            // The socket first: waiting on an empty inbox is not free (a
+            // waker to register each time), so it is waited on only when
+            // the socket has nothing; the glance at the top of the loop
+            // finds controls that come while it keeps having something.
             tokio::select! {
                 biased;
-                c = inbox.recv(), if inbox_open => {
-                    match c {
-                        Some(c) => pending.push_back(c),
-                        None => inbox_open = false,
-                    }
-                    continue;
-                }
                 r = rd.fill() => match r {
                     Ok(0) => {
                         // Pass the half-close on: the peer learns no more is coming.
@@ -431,6 +438,13 @@ where
                     Ok(_) => {}
                     Err(e) => return StreamEnd::Reset(e.to_string()),
                 },
+                c = inbox.recv(), if inbox_open => {
+                    match c {
+                        Some(c) => pending.push_back(c),
+                        None => inbox_open = false,
+                    }
+                    continue;
+                }
             }
         }
 

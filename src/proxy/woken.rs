@@ -30,12 +30,16 @@ impl Wake for Signal {
     }
 }
 
-/// See the module docs. Boxed inside, so the wrapper is `Unpin`.
-pub struct WokenOnly<F> {
-    inner: Pin<Box<F>>,
-    signal: Arc<Signal>,
-    /// The inner future's waker, made once.
-    waker: Waker,
+pin_project_lite::pin_project! {
+    /// See the module docs. The inner future stays in place (not boxed):
+    /// every open connection holds two of these, idle or not.
+    pub struct WokenOnly<F> {
+        #[pin]
+        inner: F,
+        signal: Arc<Signal>,
+        // the inner future's waker, made once
+        waker: Waker,
+    }
 }
 
 impl<F: Future> WokenOnly<F> {
@@ -46,7 +50,7 @@ impl<F: Future> WokenOnly<F> {
             task: AtomicWaker::new(),
         });
         WokenOnly {
-            inner: Box::pin(inner),
+            inner,
             waker: Waker::from(signal.clone()),
             signal,
         }
@@ -57,15 +61,15 @@ impl<F: Future> Future for WokenOnly<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.get_mut();
+        let this = self.project();
         // registered before the flag is read: a wake in between is seen
         // now or wakes the task again, never lost
         this.signal.task.register(cx.waker());
         if !this.signal.woken.swap(false, Ordering::AcqRel) {
             return Poll::Pending;
         }
-        let mut inner_cx = Context::from_waker(&this.waker);
-        this.inner.as_mut().poll(&mut inner_cx)
+        let mut inner_cx = Context::from_waker(this.waker);
+        this.inner.poll(&mut inner_cx)
     }
 }
 

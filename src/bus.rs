@@ -5,7 +5,7 @@
 //! dropped and counted instead.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, Notify};
 
@@ -16,23 +16,11 @@ pub const DEFAULT_CAPACITY: usize = 128;
 /// Most events in one batch: bounds the channel's memory (capacity times
 /// this) whatever a single read holds.
 pub const MAX_BATCH: usize = 256;
-/// Emptied batches kept for the relays to fill again. A batch is allocated
-/// on a relay thread and emptied on the sink thread: freeing it there and
-/// allocating anew on the relay is the slow path of the allocator (each
-/// thread's cache only ever fills on one side).
-const SPARE_BATCHES: usize = 32;
-/// Larger batches are let go: the spares hold at most 32 x 64 events
-/// (an event is 360 bytes: 0.7 MiB), whatever a burst left behind.
-const SPARE_MAX_EVENTS: usize = 64;
-
-/// Batches the sink thread emptied, waiting to be filled again.
-type Spares = Arc<Mutex<Vec<Vec<Event>>>>;
 
 /// The sending side, cloned into every connection task.
 #[derive(Clone, Debug)]
 pub struct EventTx {
     tx: mpsc::Sender<Vec<Event>>,
-    spares: Spares,
     lossy: bool,
     dropped: Arc<AtomicU64>,
     full: Arc<Notify>,
@@ -41,7 +29,6 @@ pub struct EventTx {
 /// The receiving side, owned by the sink dispatcher.
 pub struct EventRx {
     rx: mpsc::Receiver<Vec<Event>>,
-    spares: Spares,
     dropped: Arc<AtomicU64>,
     lossy: bool,
     batches: Vec<Vec<Event>>,
@@ -79,23 +66,6 @@ impl EventRx {
         got
     }
 
-    /// Empties `batches` and keeps what it can of them for [`EventTx::batch`].
-    pub fn recycle(&self, batches: &mut Vec<Vec<Event>>) {
-        for b in batches.iter_mut() {
-            // the events go here, outside the lock
-            b.clear();
-        }
-        if let Ok(mut spares) = self.spares.lock() {
-            while spares.len() < SPARE_BATCHES {
-                let Some(b) = batches.pop() else { break };
-                if b.capacity() > 0 && b.capacity() <= SPARE_MAX_EVENTS {
-                    spares.push(b);
-                }
-            }
-        }
-        batches.clear();
-    }
-
     /// Appends up to `limit` ready batches to `batches` as they came
     /// (no event is moved: an event is a few hundred bytes), waiting for
     /// at least one; returns the number of events, 0 once every sender is
@@ -115,18 +85,15 @@ pub fn channel(capacity: usize, lossy: bool) -> (EventTx, EventRx) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let dropped = Arc::new(AtomicU64::new(0));
     let full = Arc::new(Notify::new());
-    let spares = Spares::default();
     (
         EventTx {
             tx,
-            spares: spares.clone(),
             lossy,
             dropped: dropped.clone(),
             full: full.clone(),
         },
         EventRx {
             rx,
-            spares,
             dropped,
             lossy,
             batches: Vec::new(),
@@ -136,16 +103,6 @@ pub fn channel(capacity: usize, lossy: bool) -> (EventTx, EventRx) {
 }
 
 impl EventTx {
-    /// An empty batch to fill, one the sink thread emptied when there is
-    /// one (see [`EventRx::recycle`]).
-    pub fn batch(&self) -> Vec<Event> {
-        self.spares
-            .lock()
-            .ok()
-            .and_then(|mut s| s.pop())
-            .unwrap_or_default()
-    }
-
     async fn send_batch(&self, batch: Vec<Event>) {
         match self.tx.try_send(batch) {
             Ok(()) => {}
@@ -250,32 +207,6 @@ mod tests {
         let mut want: Vec<String> = (0..(MAX_BATCH * 2 + 7)).map(|i| i.to_string()).collect();
         want.push("9999".into());
         assert_eq!(names, want);
-    }
-
-    #[tokio::test]
-    async fn emptied_batches_are_handed_out_again_and_no_more_than_the_bound() {
-        let (tx, mut rx) = channel(64, false);
-        assert_eq!(tx.batch().capacity(), 0, "nothing to reuse yet");
-        for _ in 0..SPARE_BATCHES + 5 {
-            let mut b = Vec::with_capacity(8);
-            b.push(ev(1));
-            tx.send_all(&mut b).await;
-        }
-        // one too large to keep: it would hold its memory for nothing
-        let mut big = Vec::with_capacity(SPARE_MAX_EVENTS + 1);
-        big.push(ev(2));
-        tx.send_all(&mut big).await;
-        let mut batches = Vec::new();
-        let got = rx.recv_batches(&mut batches, 64).await;
-        assert_eq!(got, SPARE_BATCHES + 6);
-        rx.recycle(&mut batches);
-        assert!(batches.is_empty());
-        for i in 0..SPARE_BATCHES {
-            let b = tx.batch();
-            assert!(b.is_empty(), "handed out empty");
-            assert_eq!(b.capacity(), 8, "spare {i} is a kept batch");
-        }
-        assert_eq!(tx.batch().capacity(), 0, "only {SPARE_BATCHES} were kept");
     }
 
     #[tokio::test]

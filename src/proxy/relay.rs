@@ -462,7 +462,7 @@ where
             };
             let mut off = 0;
             while off < data.len() {
-                reserve_batch(&mut out, last_batch, shared.events);
+                reserve_batch(&mut out, last_batch);
                 let fed = tap.feed_until(&data[off..], now, &mut out, batch);
                 off += fed.consumed;
                 if !out.is_empty() {
@@ -490,7 +490,7 @@ where
             max_events: MAX_BATCH,
             stop_at_violation: shared.opts.strict,
         };
-        reserve_batch(&mut out, last_batch, shared.events);
+        reserve_batch(&mut out, last_batch);
         let fed = tap.feed_until(data, SystemTime::now(), &mut out, opts);
         let violation = fed.violation_at.filter(|_| shared.opts.strict);
         let n = violation.unwrap_or(fed.consumed).min(fed.consumed);
@@ -588,16 +588,11 @@ where
     }
 }
 
-/// Gives an empty event batch room for as many events as the last one
-/// had, in one step (growing a Vec of events step by step copies them
-/// several times), reusing a batch the sink thread emptied when it can.
-fn reserve_batch(out: &mut Vec<Event>, last_batch: usize, events: &EventTx) {
-    if out.capacity() == 0 {
-        *out = events.batch();
-        let want = last_batch.max(1).next_power_of_two().min(MAX_BATCH);
-        if out.capacity() < want {
-            out.reserve_exact(want);
-        }
+/// Sizes an empty event batch from the last one up front: growing a Vec
+/// of events step by step copies them several times.
+fn reserve_batch(out: &mut Vec<Event>, last_batch: usize) {
+    if out.capacity() == 0 && last_batch > 0 {
+        out.reserve_exact(last_batch.next_power_of_two().min(MAX_BATCH));
     }
 }
 

@@ -157,7 +157,7 @@ pub fn spawn_dispatcher_with(
                 // When the oldest unflushed event arrived.
                 let mut dirty: Option<Instant> = None;
                 loop {
-                    rx.recycle(&mut batches);
+                    batches.clear();
                     let due = slots
                         .iter()
                         .filter(|s| !s.failed)

@@ -81,7 +81,7 @@ fn push_escaped(out: &mut Vec<u8>, v: &[u8]) {
     let mut from = 0;
     let mut i = 0;
     loop {
-        while let Some(c) = v.get(i..i + 16).and_then(|c| <&[u8; 16]>::try_from(c).ok()) {
+        while let Some(c) = v.get(i..).and_then(<[u8]>::first_chunk::<16>) {
             if any_escape(c) {
                 break;
             }
@@ -321,7 +321,7 @@ mod tests {
                     let mut c = [fill; 16];
                     c[at] = b;
                     assert_eq!(any_escape(&c), c.iter().any(|&x| needs_escape(x)), "{c:?}");
-                    // a chunk, the tail after it, and the bytes around both
+                    // two chunks and a tail: the chunk loop, then the byte loop
                     let s = [&c[..], &c[..], &c[..at]].concat();
                     let mut fast = Vec::new();
                     push_escaped(&mut fast, &s);
@@ -337,7 +337,7 @@ mod tests {
     #[test]
     fn every_char_is_written_as_serde_writes_it() {
         for c in (0..=0x10ffffu32).filter_map(char::from_u32) {
-            // inside a word, across two, and in the tail
+            // inside a 16-byte chunk, and in the tail
             for s in [format!("abcdefg{c}hijklmnopq"), format!("a{c}b")] {
                 let mut fast = Vec::new();
                 push_str(&mut fast, b"", &s);

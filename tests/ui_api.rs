@@ -278,6 +278,126 @@ async fn inject_reaches_either_side() {
     p.stop().await;
 }
 
+/// A client that never stops sending keeps its socket readable every time
+/// the relay looks: an inject must still get in between two frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inject_gets_in_while_the_client_keeps_sending() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    const MARK: &[u8] = b"INJECTED-WHILE-BUSY";
+    let echo = echo_server(EchoOptions::default()).await;
+    let p = UiProxy::start_with(
+        &format!("ws://{echo}"),
+        |c| c.max_preview = 16,
+        Default::default(),
+    )
+    .await;
+    let (ws, id) = echo_conn(&p, "/busy").await;
+    // the client writes and reads from threads of its own (blocking
+    // sockets), so that it keeps writing whatever the runtime the relay
+    // shares with this test is doing
+    let tcp = ws.into_inner().into_std().unwrap();
+    tcp.set_nonblocking(false).unwrap();
+    let mut rd = tcp.try_clone().unwrap();
+    let mut wr = tcp;
+
+    // 4096 text frames of 64 bytes, masked (with a zero key: the payload
+    // stays as it is), written again and again as fast as the socket
+    // takes them: the relay's work per frame (events, the live view's
+    // store) keeps it the slower side, so the socket is seldom empty
+    let mut frame = vec![0x81, 0x80 | 64, 0, 0, 0, 0];
+    frame.extend(std::iter::repeat_n(b'a', 64));
+    let burst = frame.repeat(4096);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writing = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let (stop, writing) = (stop.clone(), writing.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let until = std::time::Instant::now() + Duration::from_secs(10);
+            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < until {
+                if wr.write_all(&burst).is_err() {
+                    break;
+                }
+            }
+            writing.store(false, Ordering::Relaxed);
+        })
+    };
+    // the client reads every echo (or the echo server would stop reading,
+    // and so would the relay) and looks for the injected text
+    let got = Arc::new(AtomicU64::new(0));
+    let found = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (got, found) = (got.clone(), found.clone());
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut tail: Vec<u8> = Vec::new();
+            while let Ok(n @ 1..) = rd.read(&mut buf) {
+                got.fetch_add(n as u64, Ordering::Relaxed);
+                if found.load(Ordering::Relaxed) {
+                    continue;
+                }
+                tail.extend_from_slice(&buf[..n]);
+                if tail.windows(MARK.len()).any(|w| w == MARK) {
+                    found.store(true, Ordering::Relaxed);
+                }
+                let keep = tail.len().saturating_sub(MARK.len());
+                tail.drain(..keep);
+            }
+        })
+    };
+    within("the echoes to flow", async {
+        while got.load(Ordering::Relaxed) < 256 * 1024 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+
+    let path = format!("/api/connections/{id}/inject");
+    let body = json!({"to": "server", "opcode": "text", "data": "INJECTED-WHILE-BUSY"});
+    let post = p.post_json(&path, &body);
+    // a liveness bound, not a speed one: the inject goes in at the next
+    // frame boundary, milliseconds away; a relay that only looks at its
+    // inbox when the socket has nothing waits for a moment when it
+    // happens to be empty (without the glance at the inbox this failed in
+    // about half the runs)
+    let r = tokio::time::timeout(Duration::from_secs(2), post)
+        .await
+        .expect("the inject was written while the client kept sending");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["written"], true);
+    assert!(
+        writing.load(Ordering::Relaxed),
+        "the client was still sending when the inject went through"
+    );
+    // the echo of the injected frame comes after the backlog of the flood
+    stop.store(true, Ordering::Relaxed);
+    within("the injected text back at the client", async {
+        while !found.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    within(
+        "the writer",
+        tokio::task::spawn_blocking(move || writer.join()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    p.stop().await;
+    // the proxy closed the connection: the reader sees its end
+    within(
+        "the reader",
+        tokio::task::spawn_blocking(move || reader.join()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+}
+
 #[tokio::test]
 async fn replay_resends_whole_logged_messages_and_refuses_partial_ones() {
     let echo = echo_server(EchoOptions::default()).await;

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
 use tokio_tungstenite::tungstenite::Message;
 use wstap::demo::echo::EchoOptions;
 use wstap::proto::event::{view_header, Dir, Encoding, FrameEvent};
-use wstap::proto::frame::Opcode;
+use wstap::proto::frame::{push_header, Opcode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_of_every_size_arrive_identical_and_are_logged_in_order() {
@@ -87,12 +87,10 @@ async fn messages_of_every_size_arrive_identical_and_are_logged_in_order() {
     let wire = |fs: &[&FrameEvent]| -> u64 {
         fs.iter()
             .map(|f| {
-                let ext = match f.len {
-                    0..=125 => 0,
-                    126..=65535 => 2,
-                    _ => 8,
-                };
-                2 + ext + if f.masked { 4 } else { 0 } + f.len
+                let mut head = Vec::new();
+                let mask = f.masked.then_some([0; 4]);
+                push_header(&mut head, f.fin, f.rsv1, f.opcode, mask, f.len);
+                head.len() as u64 + f.len
             })
             .sum()
     };

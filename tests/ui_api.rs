@@ -284,6 +284,7 @@ async fn inject_reaches_either_side() {
 async fn inject_gets_in_while_the_client_keeps_sending() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
+    use wstap::proto::frame::{encode_frame, Opcode};
 
     const MARK: &[u8] = b"INJECTED-WHILE-BUSY";
     let echo = echo_server(EchoOptions::default()).await;
@@ -306,8 +307,15 @@ async fn inject_gets_in_while_the_client_keeps_sending() {
     // stays as it is), written again and again as fast as the socket
     // takes them: the relay's work per frame (events, the live view's
     // store) keeps it the slower side, so the socket is seldom empty
-    let mut frame = vec![0x81, 0x80 | 64, 0, 0, 0, 0];
-    frame.extend(std::iter::repeat_n(b'a', 64));
+    let mut frame = Vec::new();
+    encode_frame(
+        &mut frame,
+        true,
+        false,
+        Opcode::Text,
+        Some([0; 4]),
+        &[b'a'; 64],
+    );
     let burst = frame.repeat(4096);
     let stop = Arc::new(AtomicBool::new(false));
     let writing = Arc::new(AtomicBool::new(true));

@@ -21,12 +21,12 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Runtime worker threads (the proxy's relay, and check/diff/demo).
-    /// One gives the proxy the lowest latency and CPU per message
-    /// (measured, see README "Performance"); more can help a machine with
-    /// spare cores and many busy connections.
-    #[arg(long, global = true, default_value_t = 1, value_name = "N")]
-    pub threads: usize,
+    /// Threads that relay the proxy's connections (default: one per CPU).
+    /// Each runs its own event loop and a connection stays on one, so one
+    /// connection never pays for cross-thread wake-ups (see README
+    /// "Performance").
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub threads: Option<u64>,
 }
 
 // One value, parsed once at start-up: boxing the big variant would buy nothing.
@@ -56,8 +56,13 @@ pub fn main() -> ExitCode {
     };
     init_tracing();
     raise_fd_limit();
+    let relay_threads = cli
+        .threads
+        .map_or_else(default_relay_threads, |n| n as usize);
+    // The accept loop, the live view and check/diff/demo: one worker is
+    // plenty, the relaying happens on the relay threads.
     let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cli.threads.max(1))
+        .worker_threads(1)
         .enable_all()
         .build()
     {
@@ -69,7 +74,9 @@ pub fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Proxy(args) => proxy::run(args, matches.subcommand_matches("proxy")).await,
+            Command::Proxy(args) => {
+                proxy::run(args, matches.subcommand_matches("proxy"), relay_threads).await
+            }
             Command::Demo(args) => demo::run(args).await,
             Command::Ca(args) => ca::run(args),
             Command::Check(args) => check::run(args).await,
@@ -86,6 +93,12 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// One relay thread per CPU the process may use, like nginx's
+/// `worker_processes auto`.
+fn default_relay_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

@@ -378,9 +378,15 @@ pub fn validate(args: ProxyArgs, matches: Option<&ArgMatches>) -> anyhow::Result
     })
 }
 
-pub async fn run(args: ProxyArgs, matches: Option<&ArgMatches>) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    args: ProxyArgs,
+    matches: Option<&ArgMatches>,
+    threads: usize,
+) -> anyhow::Result<ExitCode> {
     let stop = crate::cli::shutdown_signal();
-    let running = start(validate(args, matches)?).await?;
+    let mut run = validate(args, matches)?;
+    run.config.relay_threads = threads;
+    let running = start(run).await?;
     stop.await;
     running.stop().await?;
     Ok(ExitCode::SUCCESS)

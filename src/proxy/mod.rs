@@ -8,6 +8,7 @@ pub mod conn;
 pub mod forward;
 pub mod io;
 pub mod relay;
+pub mod shards;
 pub mod splice;
 pub mod upstream;
 pub mod woken;
@@ -31,6 +32,7 @@ use crate::proto::rewrite::Rules;
 use crate::proto::simulate::{Hop, IdleRule};
 use crate::tls::server::Interceptor;
 use crate::tls::server::ListenerTls;
+use shards::Shards;
 use upstream::{Connector, UpstreamUrl};
 
 /// What the proxy sits in front of.
@@ -101,6 +103,9 @@ pub struct ProxyConfig {
     /// upstream connection gets a `tls-verification-disabled` finding.
     /// Set it together with a client config made with `insecure`.
     pub insecure: bool,
+    /// Threads that relay connections, each with its own event loop
+    /// (`--threads`; see `shards`); 0 runs them on the caller's runtime.
+    pub relay_threads: usize,
 }
 
 impl ProxyConfig {
@@ -128,6 +133,7 @@ impl ProxyConfig {
             simulate: None,
             listener_tls: None,
             insecure: false,
+            relay_threads: 0,
         }
     }
 }
@@ -155,6 +161,8 @@ pub enum ProxyError {
     },
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("cannot start the relay threads: {0}")]
+    Threads(#[source] std::io::Error),
 }
 
 impl Shared {
@@ -191,6 +199,7 @@ const HARD_STOP_WAIT: Duration = Duration::from_secs(1);
 /// A bound, not yet running proxy.
 pub struct Proxy {
     listener: TcpListener,
+    shards: Shards,
     shared: Arc<Shared>,
     addr: SocketAddr,
 }
@@ -212,6 +221,7 @@ impl Proxy {
             addr: cfg.listen,
             source,
         })?;
+        let shards = Shards::start(cfg.relay_threads).map_err(ProxyError::Threads)?;
         let connector = Connector {
             timeout: cfg.connect_timeout,
             tls,
@@ -228,6 +238,7 @@ impl Proxy {
             .await;
         Ok(Proxy {
             listener,
+            shards,
             shared: Arc::new(Shared {
                 cfg,
                 events,
@@ -273,9 +284,13 @@ impl Proxy {
                         // task, so a slow client never holds up the accept
                         // loop; the plain path stays as it was.
                         if self.shared.cfg.listener_tls.is_some() {
-                            tasks.spawn(conn::serve_tls(shared, sock, peer, id).instrument(span));
+                            self.shards.spawn(&mut tasks, sock, move |sock| {
+                                conn::serve_tls(shared, sock, peer, id).instrument(span)
+                            });
                         } else {
-                            tasks.spawn(conn::serve(shared, Box::new(sock), peer, id).instrument(span));
+                            self.shards.spawn(&mut tasks, sock, move |sock| {
+                                conn::serve(shared, Box::new(sock), peer, id).instrument(span)
+                            });
                         }
                     }
                     Err(e) => {

@@ -14,7 +14,7 @@
 //! the standard WebSocket proxy config when `nginx` is installed (in the
 //! foreground, its prefix, pid file, temp dirs and error log in a temp dir,
 //! on 127.0.0.1), and a bare relay (this binary re-run with `--serve-bare`:
-//! tokio's `copy_bidirectional` on wstap's runtime settings, no decoding,
+//! tokio's `copy_bidirectional` on wstap's relay threads, no decoding,
 //! no log): what relaying alone costs on the machine. The load client
 //! runs in this process (`wstap::demo::load`): it verifies every echoed
 //! byte, so a fast wrong answer fails the run, and with `--json` it checks
@@ -1268,10 +1268,11 @@ fn serve_echo(addr: &str, mode: EchoArg) -> ExitCode {
 }
 
 /// The bare relay: bytes both ways through tokio's `copy_bidirectional`,
-/// on the runtime wstap runs (one worker thread), with wstap's read size
-/// and TCP_NODELAY on both sides, and nothing else. What wstap costs above
-/// this row is its decoding, events and log; what this row costs above
-/// direct is the second hop itself.
+/// on the threads wstap relays on (`wstap::proxy::shards`, one per CPU,
+/// wstap's default), with wstap's read size and TCP_NODELAY on both
+/// sides, and nothing else. What wstap costs above this row is its
+/// decoding, events and log; what this row costs above direct is the
+/// second hop itself.
 fn serve_bare(upstream: SocketAddr) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -1279,6 +1280,14 @@ fn serve_bare(upstream: SocketAddr) -> ExitCode {
         .build()
     {
         Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bare relay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let shards = match wstap::proxy::shards::Shards::start(threads) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("bare relay: {e}");
             return ExitCode::from(2);
@@ -1298,16 +1307,18 @@ fn serve_bare(upstream: SocketAddr) -> ExitCode {
         if !announce(&l, "bare relay") {
             return ExitCode::from(2);
         }
+        let mut tasks = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
                 _ = term.recv() => return ExitCode::SUCCESS,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 accepted = l.accept() => {
-                    let Ok((mut client, _)) = accepted else {
+                    let Ok((client, _)) = accepted else {
                         // out of descriptors, say: do not spin on it
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     };
-                    tokio::spawn(async move {
+                    shards.spawn(&mut tasks, client, move |mut client| async move {
                         let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
                             return;
                         };

@@ -10,7 +10,8 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use wstap::demo::echo::EchoOptions;
-use wstap::proto::event::{Event, EventKind};
+use wstap::proto::event::{Dir, Event, EventKind};
+use wstap::proto::frame::Opcode;
 
 fn parse_lines(text: &str) -> Vec<Event> {
     text.lines()
@@ -110,6 +111,83 @@ async fn json_to_stdout_and_quiet_stderr() {
     );
 }
 
+/// `--threads 3` starts three relay threads, and WebSockets dealt out to
+/// them echo and are logged like any other: each connection's frames in
+/// order, in both directions, and one close each.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_threads_serve_connections_in_full() {
+    let echo = echo_server(EchoOptions::default()).await;
+    let upstream = format!("ws://{echo}");
+    let (proxy, log) = BinProxy::reverse_with_log(&upstream, &["--quiet", "--threads", "3"]).await;
+    let pid = proxy.child.id().expect("pid");
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("/proc")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| s.starts_with("wstap-relay"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["wstap-relay-0", "wstap-relay-1", "wstap-relay-2"]);
+
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(ws_client(proxy.addr, "/echo", &[]).await.0);
+    }
+    for round in 0..5 {
+        for (i, ws) in clients.iter_mut().enumerate() {
+            ws.send(Message::text(format!("c{i} m{round}")))
+                .await
+                .unwrap();
+        }
+        for (i, ws) in clients.iter_mut().enumerate() {
+            let back = within("echo", ws.next()).await.unwrap().unwrap();
+            assert_eq!(back, Message::text(format!("c{i} m{round}")));
+        }
+    }
+    for ws in &mut clients {
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = within("close", ws.next()).await {}
+    }
+    let (status, stderr) = proxy.terminate().await;
+    assert!(status.success(), "exit {status:?}\n{stderr}");
+
+    let evs = parse_lines(&std::fs::read_to_string(&log).unwrap());
+    let mut texts: std::collections::BTreeMap<_, Vec<(Dir, String)>> = Default::default();
+    let mut closes: std::collections::BTreeMap<_, usize> = Default::default();
+    for e in &evs {
+        match &e.kind {
+            EventKind::Frame(f) if f.opcode == Opcode::Text => {
+                texts
+                    .entry(e.conn)
+                    .or_default()
+                    .push((f.from, f.preview.clone()));
+            }
+            EventKind::Close(_) => *closes.entry(e.conn).or_default() += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(texts.len(), 6, "{}", dump(&evs));
+    let mut seen = Vec::new();
+    for frames in texts.values() {
+        let who = frames[0].1.split(' ').next().unwrap_or_default().to_owned();
+        for dir in [Dir::ClientToServer, Dir::ServerToClient] {
+            let got: Vec<&str> = frames
+                .iter()
+                .filter(|(d, _)| *d == dir)
+                .map(|(_, p)| p.as_str())
+                .collect();
+            let want: Vec<String> = (0..5).map(|r| format!("{who} m{r}")).collect();
+            assert_eq!(got, want, "{dir:?} of {who}");
+        }
+        seen.push(who);
+    }
+    seen.sort();
+    assert_eq!(seen, ["c0", "c1", "c2", "c3", "c4", "c5"]);
+    assert_eq!(closes.len(), 6, "{}", dump(&evs));
+    assert!(closes.values().all(|&n| n == 1), "{}", dump(&evs));
+}
+
 #[test]
 fn demo_shows_a_handshake_frames_and_exits_zero() {
     let (_, _, stderr) = run_bin(&["demo"], Some(0));
@@ -154,6 +232,11 @@ fn usage_errors_exit_2_with_a_reason() {
         Some(2),
     );
     assert!(err.contains("--listen"), "{err}");
+    let (_, _, err) = run_bin(
+        &["proxy", "--upstream", "ws://127.0.0.1:1", "--threads", "0"],
+        Some(2),
+    );
+    assert!(err.contains("--threads"), "{err}");
     let (_, out, _) = run_bin(&["proxy", "--help"], Some(0));
     assert!(
         out.contains("[default: 127.0.0.1:9000]"),

@@ -73,6 +73,8 @@ impl TestProxy {
         );
         cfg.grace = Duration::from_millis(500);
         cfg.insecure = trust.insecure;
+        // as the binary runs: connections dealt out to relay threads
+        cfg.relay_threads = 2;
         tweak(&mut cfg);
         let events = Collected::default();
         let (tx, rx) = bus::channel(bus::DEFAULT_CAPACITY, false);

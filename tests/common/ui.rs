@@ -44,6 +44,8 @@ impl UiProxy {
             upstream.parse().expect("upstream URL"),
         );
         cfg.grace = Duration::from_millis(500);
+        // as the binary runs: connections dealt out to relay threads
+        cfg.relay_threads = 2;
         tweak(&mut cfg);
         let events = Collected::default();
         let store = Store::new(limits);

@@ -61,20 +61,44 @@ async fn json_log_is_on_disk_while_running_and_complete_at_sigterm() {
     );
     assert!(evs[0].conn.is_none());
     let fr = frames(&evs);
-    let previews: Vec<_> = fr
+    let texts: Vec<_> = fr
         .iter()
-        .filter(|f| !f.injected)
-        .map(|f| f.preview.as_str())
+        .filter(|f| f.opcode == Opcode::Text)
+        .map(|f| (f.injected, f.preview.as_str()))
         .collect();
-    assert_eq!(previews, ["first", "first", "second", "second"]);
-    // at shutdown wstap sent 1001 to both sides of the open WebSocket
+    assert_eq!(
+        texts,
+        [
+            (false, "first"),
+            (false, "first"),
+            (false, "second"),
+            (false, "second")
+        ]
+    );
+    // At shutdown wstap sent 1001 to the server, and the client got a 1001
+    // too: wstap's, or the server's answer when it came through first
+    // (wstap then sends no second close of its own).
     let closes: Vec<_> = fr
         .iter()
-        .filter(|f| f.injected)
-        .map(|f| (f.from, f.close_code))
+        .filter(|f| f.opcode == Opcode::Close)
+        .map(|f| (f.from, f.injected, f.close_code))
         .collect();
-    assert_eq!(closes.len(), 2, "{}", dump(&evs));
-    assert!(closes.iter().all(|(_, c)| *c == Some(1001)));
+    let to_server: Vec<_> = closes
+        .iter()
+        .filter(|c| c.0 == Dir::ClientToServer)
+        .collect();
+    let to_client: Vec<_> = closes
+        .iter()
+        .filter(|c| c.0 == Dir::ServerToClient)
+        .collect();
+    assert_eq!(
+        to_server,
+        [&(Dir::ClientToServer, true, Some(1001))],
+        "{}",
+        dump(&evs)
+    );
+    assert_eq!(to_client.len(), 1, "{}", dump(&evs));
+    assert_eq!(to_client[0].2, Some(1001), "{}", dump(&evs));
     assert_eq!(handshakes(&evs).len(), 1);
     assert!(evs.iter().skip(1).all(|e| e.conn.is_some()));
 }

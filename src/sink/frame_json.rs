@@ -61,10 +61,7 @@ fn needs_escape(x: u8) -> bool {
 /// which the compiler turns into a few vector instructions per chunk.
 #[inline]
 fn any_escape(c: &[u8; 16]) -> bool {
-    let hits = c.iter().fold(0u8, |m, &x| {
-        m | (x < 0x20) as u8 | (x == b'"') as u8 | (x == b'\\') as u8
-    });
-    hits != 0
+    c.iter().fold(false, |m, &x| m | needs_escape(x))
 }
 
 /// `v` as a JSON string, escaped exactly as serde_json escapes it (tests

@@ -1285,7 +1285,7 @@ fn serve_bare(upstream: SocketAddr) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = wstap::proxy::shards::one_per_cpu();
     let shards = match wstap::proxy::shards::Shards::start(threads) {
         Ok(s) => s,
         Err(e) => {

@@ -58,7 +58,7 @@ pub fn main() -> ExitCode {
     raise_fd_limit();
     let relay_threads = cli
         .threads
-        .map_or_else(default_relay_threads, |n| n as usize);
+        .map_or_else(crate::proxy::shards::one_per_cpu, |n| n as usize);
     // The accept loop, the live view and check/diff/demo: one worker is
     // plenty, the relaying happens on the relay threads.
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -93,12 +93,6 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// One relay thread per CPU the process may use, like nginx's
-/// `worker_processes auto`.
-fn default_relay_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

@@ -18,6 +18,12 @@ struct Shard {
     thread: Option<JoinHandle<()>>,
 }
 
+/// One relay thread per CPU the process may use, like nginx's
+/// `worker_processes auto`: the default of `--threads`.
+pub fn one_per_cpu() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// The relay threads; none means connections run on the caller's runtime.
 pub struct Shards {
     shards: Vec<Shard>,

@@ -15,7 +15,9 @@
 //! foreground, its prefix, pid file, temp dirs and error log in a temp dir,
 //! on 127.0.0.1), and a bare relay (this binary re-run with `--serve-bare`:
 //! tokio's `copy_bidirectional` on wstap's relay threads, no decoding,
-//! no log): what relaying alone costs on the machine. The load client
+//! no log): what relaying alone costs on the machine; and, asked for with
+//! `--targets ...,floor`, the log floor (`bench/floor.rs`: the bare relay
+//! plus the least that logging every frame can cost). The load client
 //! runs in this process (`wstap::demo::load`): it verifies every echoed
 //! byte, so a fast wrong answer fails the run, and with `--json` it checks
 //! that the log holds exactly the frames that crossed.
@@ -45,6 +47,9 @@ use tokio::task::JoinSet;
 use wstap::demo::echo::{self, EchoMode, EchoOptions};
 use wstap::demo::load::{self, Limit, LoadConn, Report, Workload};
 use wstap::proto::frame::Opcode;
+
+#[path = "bench/floor.rs"]
+mod floor;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -111,6 +116,9 @@ struct Args {
     /// (prints `listening on ADDR`).
     #[arg(long, hide = true, value_name = "ADDR")]
     serve_bare: Option<SocketAddr>,
+    /// Internal: with --serve-bare, be the log floor, logging to PATH.
+    #[arg(long, hide = true, value_name = "PATH", requires = "serve_bare")]
+    floor_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -128,6 +136,9 @@ enum TargetKind {
     Wstap,
     /// wstap --quiet --json FILE.
     WstapJson,
+    /// The bare relay plus the least a frame log can cost (`bench/floor.rs`).
+    /// Not run by default: it is a yardstick for `--json`, asked for by name.
+    Floor,
     Nginx,
 }
 
@@ -138,6 +149,7 @@ impl TargetKind {
             TargetKind::Bare => "bare relay",
             TargetKind::Wstap => "wstap --quiet",
             TargetKind::WstapJson => "wstap --json",
+            TargetKind::Floor => "log floor",
             TargetKind::Nginx => "nginx",
         }
     }
@@ -148,6 +160,7 @@ impl TargetKind {
             TargetKind::Bare => "bare",
             TargetKind::Wstap => "wstap",
             TargetKind::WstapJson => "wstap-json",
+            TargetKind::Floor => "floor",
             TargetKind::Nginx => "nginx",
         }
     }
@@ -735,10 +748,19 @@ impl Bench {
         Proc::spawn("wstap", cmd).await
     }
 
-    async fn start_bare(&self) -> Result<Proc> {
+    /// The bare relay, or with a log path the log floor.
+    async fn start_bare(&self, log: Option<&Path>) -> Result<Proc> {
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.arg("--serve-bare").arg(self.echo.addr.to_string());
-        Proc::spawn("bare relay", cmd).await
+        if let Some(p) = log {
+            cmd.arg("--floor-log").arg(p);
+        }
+        let name = if log.is_some() {
+            "log floor"
+        } else {
+            "bare relay"
+        };
+        Proc::spawn(name, cmd).await
     }
 
     fn json_path(&self, case: &str, target: TargetKind) -> PathBuf {
@@ -748,12 +770,13 @@ impl Bench {
     }
 
     async fn load_case(&mut self, case: &Case, target: TargetKind) -> Result<Row> {
-        let json = (target == TargetKind::WstapJson).then(|| self.json_path(&case.name, target));
+        let logs = matches!(target, TargetKind::WstapJson | TargetKind::Floor);
+        let json = logs.then(|| self.json_path(&case.name, target));
         let proxy = match target {
             TargetKind::Wstap | TargetKind::WstapJson => {
                 Some(self.start_wstap(json.as_deref()).await?)
             }
-            TargetKind::Bare => Some(self.start_bare().await?),
+            TargetKind::Bare | TargetKind::Floor => Some(self.start_bare(json.as_deref()).await?),
             _ => None,
         };
         let (addr, proxy_pids) = match (target, &proxy, &self.nginx) {
@@ -835,6 +858,7 @@ impl Bench {
             TargetKind::Bare,
             TargetKind::Wstap,
             TargetKind::WstapJson,
+            TargetKind::Floor,
             TargetKind::Nginx,
         ]
         .into_iter()
@@ -994,8 +1018,8 @@ impl Bench {
         };
         let mut results = Vec::new();
         for target in self.targets() {
-            if target == TargetKind::Bare {
-                // a reference for speed: its memory is not the question
+            if matches!(target, TargetKind::Bare | TargetKind::Floor) {
+                // references for speed: their memory is not the question
                 continue;
             }
             if target == TargetKind::Wstap && self.args.targets.contains(&TargetKind::WstapJson) {
@@ -1273,7 +1297,23 @@ fn serve_echo(addr: &str, mode: EchoArg) -> ExitCode {
 /// sides, and nothing else. What wstap costs above this row is its
 /// decoding, events and log; what this row costs above direct is the
 /// second hop itself.
-fn serve_bare(upstream: SocketAddr) -> ExitCode {
+///
+/// With `log` it is the log floor instead (`bench/floor.rs`).
+fn serve_bare(upstream: SocketAddr, log: Option<&Path>) -> ExitCode {
+    let log = match log {
+        None => None,
+        Some(p) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
+            Ok(f) => Some(Arc::new(f)),
+            Err(e) => {
+                eprintln!("log floor: {}: {e}", p.display());
+                return ExitCode::from(2);
+            }
+        },
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -1318,12 +1358,17 @@ fn serve_bare(upstream: SocketAddr) -> ExitCode {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     };
+                    let log = log.clone();
                     shards.spawn(&mut tasks, client, move |mut client| async move {
                         let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
                             return;
                         };
                         let _ = client.set_nodelay(true);
                         let _ = up.set_nodelay(true);
+                        if let Some(log) = log {
+                            floor::relay(client, up, log).await;
+                            return;
+                        }
                         let _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut up, size, size)
                             .await;
                     });
@@ -1530,7 +1575,7 @@ fn main() -> ExitCode {
         return serve_echo(addr, args.echo);
     }
     if let Some(upstream) = args.serve_bare {
-        return serve_bare(upstream);
+        return serve_bare(upstream, args.floor_log.as_deref());
     }
     if args.list {
         for c in load_cases() {

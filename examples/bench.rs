@@ -109,6 +109,11 @@ struct Args {
     /// List the cases and exit.
     #[arg(long)]
     list: bool,
+    /// Take the load client's keys (masks, where payloads start in the
+    /// pattern) from this seed instead of at random, so two runs send the
+    /// same bytes: for instruction counts (benches/callgrind.sh).
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
     /// Internal: be the echo server on ADDR (prints `listening on ADDR`).
     #[arg(long, hide = true, value_name = "ADDR")]
     serve_echo: Option<String>,
@@ -1576,6 +1581,9 @@ fn main() -> ExitCode {
     }
     if let Some(upstream) = args.serve_bare {
         return serve_bare(upstream, args.floor_log.as_deref());
+    }
+    if let Some(seed) = args.seed {
+        load::fix_keys(seed);
     }
     if args.list {
         for c in load_cases() {

@@ -108,8 +108,10 @@ impl Shard {
 /// length) so that equal loads are served in turn.
 fn least_busy(loads: &[usize], start: usize) -> Option<usize> {
     let n = loads.len();
+    // the closure only runs when n > 0; `start % n` first so that a
+    // counter near usize::MAX cannot overflow the sum
     (0..n)
-        .map(|k| (start + k) % n.max(1))
+        .map(|k| (start % n + k) % n)
         .min_by_key(|&i| loads[i])
 }
 
@@ -146,6 +148,8 @@ mod tests {
         assert_eq!(least_busy(&[0, 0, 0], 5), Some(2));
         assert_eq!(least_busy(&[1, 0, 0], 0), Some(1));
         assert_eq!(least_busy(&[1, 0, 0], 2), Some(2));
+        // the turn counter wraps without overflowing the search
+        assert_eq!(least_busy(&[0, 0, 0], usize::MAX), Some(usize::MAX % 3));
     }
 
     #[tokio::test]

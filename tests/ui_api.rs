@@ -278,6 +278,79 @@ async fn inject_reaches_either_side() {
     p.stop().await;
 }
 
+/// A client stuck in the middle of a fragmented message: injected data
+/// frames wait for the message to end, and only as many as the
+/// connection's queue holds; the rest are answered 503 at once instead of
+/// being kept (they used to pile up without limit).
+#[tokio::test]
+async fn injects_behind_an_unfinished_message_are_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use wstap::proto::frame::{encode_frame, Opcode};
+
+    let echo = echo_server(EchoOptions::default()).await;
+    let p = UiProxy::start(&format!("ws://{echo}")).await;
+    let (ws, id) = echo_conn(&p, "/stuck").await;
+    let mut tcp = ws.into_inner();
+    let mut first = Vec::new();
+    encode_frame(
+        &mut first,
+        false,
+        false,
+        Opcode::Text,
+        Some([1, 2, 3, 4]),
+        b"ab",
+    );
+    within("the first fragment", tcp.write_all(&first))
+        .await
+        .unwrap();
+    wait_frames(&p, id, 1).await;
+
+    const TRIES: usize = 40;
+    let path = format!("/api/connections/{id}/inject");
+    let answers = futures_util::future::join_all((0..TRIES).map(|i| {
+        let body = json!({"to": "server", "opcode": "text", "data": format!("inj-{i:02}")});
+        let (p, path) = (&p, &path);
+        async move { p.post_json(path, &body).await.status }
+    }))
+    .await;
+    let waiting = answers.iter().filter(|s| **s == 202).count();
+    let refused = answers.iter().filter(|s| **s == 503).count();
+    assert_eq!(waiting + refused, TRIES, "answers: {answers:?}");
+    // the inbox holds 16, the pump one more
+    assert!(
+        (16..=17).contains(&waiting),
+        "{waiting} accepted: {answers:?}"
+    );
+
+    // the message ends: the ones accepted go out, in order, and come back
+    let mut last = Vec::new();
+    encode_frame(
+        &mut last,
+        true,
+        false,
+        Opcode::Continuation,
+        Some([5, 6, 7, 8]),
+        b"c",
+    );
+    within("the last fragment", tcp.write_all(&last))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    within("the injected frames' echoes", async {
+        while seen.windows(4).filter(|w| *w == b"inj-").count() < waiting {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection ended early");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains("abc"), "the client's message came back first");
+    assert_eq!(text.matches("inj-").count(), waiting);
+    p.stop().await;
+}
+
 /// A client that never stops sending keeps its socket readable every time
 /// the relay looks: an inject must still get in between two frames.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

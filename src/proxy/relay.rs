@@ -8,7 +8,6 @@
 //! live-view messages) go in only at frame boundaries, through each pump's
 //! control inbox.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -348,20 +347,23 @@ where
     let mut out: Vec<Event> = Vec::new();
     // events in the last batch (see `reserve_batch`)
     let mut last_batch = 0usize;
-    let mut pending: VecDeque<Box<Control>> = VecDeque::new();
+    // The control being waited for: one at most, taken from the inbox only
+    // when this is empty, so the inbox's bound is the bound on what waits
+    // (a peer that never ends a message would otherwise let injected frames
+    // pile up here without limit, and the live view could not say 503).
+    let mut pending: Option<Box<Control>> = None;
     let mut inbox_open = true;
     // made when this direction first splices; `None` after that failed
     let mut pipe: Option<Option<Pipe>> = None;
     loop {
-        // A glance, not a wait: a busy socket never leaves the read below
-        // for the inbox (see there).
-        if inbox_open && !inbox.is_empty() {
-            while let Ok(c) = inbox.try_recv() {
-                pending.push_back(c);
-            }
-        }
         // what wstap wants to insert, as soon as the stream allows it
-        while let Some(c) = pending.front() {
+        loop {
+            // A glance, not a wait: a busy socket never leaves the read
+            // below for the inbox (see there).
+            if pending.is_none() && inbox_open && !inbox.is_empty() {
+                pending = inbox.try_recv().ok();
+            }
+            let Some(c) = pending.as_ref() else { break };
             let ready = if c.frame().needs_message_boundary() {
                 tap.at_message_boundary()
             } else {
@@ -370,7 +372,7 @@ where
             if !ready {
                 break;
             }
-            let Some(c) = pending.pop_front() else { break };
+            let Some(c) = pending.take() else { break };
             // This direction's sender already closed (its close frame went
             // through): a second close would be noise, so just end.
             let redundant = matches!(*c, Control::CloseAndEnd { .. }) && tap.close_seen().is_some();
@@ -404,7 +406,7 @@ where
         }
 
         let ahead = if rd.buffered().is_empty()
-            && pending.is_empty()
+            && pending.is_none()
             && !shared.opts.strict
             && !matches!(pipe, Some(None))
         {
@@ -438,9 +440,9 @@ where
                     Ok(_) => {}
                     Err(e) => return StreamEnd::Reset(e.to_string()),
                 },
-                c = inbox.recv(), if inbox_open => {
+                c = inbox.recv(), if inbox_open && pending.is_none() => {
                     match c {
-                        Some(c) => pending.push_back(c),
+                        Some(c) => pending = Some(c),
                         None => inbox_open = false,
                     }
                     continue;
@@ -449,7 +451,7 @@ where
         }
 
         let data = rd.buffered();
-        if pending.is_empty() && !shared.opts.strict {
+        if pending.is_none() && !shared.opts.strict {
             // Nothing to stop for: the bytes go out before the tap looks
             // at them, so decoding and logging add no latency to the hop.
             // stamped when read: a slow reader must not move the frames later
@@ -480,7 +482,7 @@ where
             }
             continue;
         }
-        let stop = match pending.front() {
+        let stop = match pending.as_ref() {
             None => Stop::Never,
             Some(c) if c.frame().needs_message_boundary() => Stop::MessageEnd,
             Some(_) => Stop::FrameEnd,

@@ -48,6 +48,11 @@ impl Default for Limits {
     }
 }
 
+/// Findings kept per connection; later ones are only counted. A keep-alive
+/// client can try one refused upgrade after another on one connection,
+/// each with its findings, for as long as it likes.
+const FINDINGS_KEPT: usize = 64;
+
 /// Frames are stored in sealed chunks of this many, so a reader copies a
 /// few pointers under the lock instead of every frame.
 const CHUNK: usize = 1024;
@@ -165,6 +170,10 @@ struct ConnState {
     target: String,
     handshake: Option<Arc<Handshake>>,
     findings: Vec<Finding>,
+    /// Findings past [`FINDINGS_KEPT`].
+    findings_not_kept: u64,
+    /// The worst severity of all findings, kept or not.
+    severity: Option<Severity>,
     errors: Vec<String>,
     close: Option<CloseSummary>,
     frames: FrameLog,
@@ -185,6 +194,8 @@ impl ConnState {
             target,
             handshake: None,
             findings: Vec::new(),
+            findings_not_kept: 0,
+            severity: None,
             errors: Vec::new(),
             close: None,
             frames: FrameLog::default(),
@@ -223,7 +234,8 @@ impl ConnState {
             frames_kept: self.frames.kept as u64,
             bytes: self.payload_bytes,
             findings: self.findings.clone(),
-            severity: self.findings.iter().map(|f| f.severity).max(),
+            findings_not_kept: self.findings_not_kept,
+            severity: self.severity,
             errors: self.errors.clone(),
             started: humantime::format_rfc3339_millis(self.started).to_string(),
             duration_ms,
@@ -254,14 +266,22 @@ pub struct ConnSummary {
     pub frames_kept: u64,
     /// Payload bytes of the frames seen, both directions.
     pub bytes: u64,
+    /// The first findings (64 at most).
     pub findings: Vec<Finding>,
-    /// The worst finding's severity.
+    /// Findings after those, counted but not kept.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub findings_not_kept: u64,
+    /// The worst finding's severity, of all of them.
     pub severity: Option<Severity>,
     pub errors: Vec<String>,
     pub started: String,
     /// Until now while open; the whole connection once closed.
     pub duration_ms: f64,
     pub close: Option<CloseSummary>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One connection with its handshake, for `GET /api/connections/{id}`.
@@ -391,7 +411,12 @@ impl Store {
                             _ => {}
                         }
                     }
-                    c.findings.push(f.clone());
+                    c.severity = c.severity.max(Some(f.severity));
+                    if c.findings.len() < FINDINGS_KEPT {
+                        c.findings.push(f.clone());
+                    } else {
+                        c.findings_not_kept += 1;
+                    }
                 }
             }
             EventKind::Error(e) => {
@@ -804,6 +829,42 @@ mod tests {
         assert_eq!(list.len(), 1);
         assert_eq!((list[0].id, list[0].target.as_str()), (2, "/page"));
         assert_eq!(list[0].severity, Some(Severity::Error));
+    }
+
+    #[test]
+    fn findings_past_the_limit_are_counted_not_kept() {
+        let store = Store::new(Limits::default());
+        let finding = |sev, code: &str| {
+            Event::conn(
+                SystemTime::now(),
+                ConnId(1),
+                EventKind::Finding(Finding::new(code, sev, "m", "h")),
+            )
+        };
+        // one keep-alive connection, one refused upgrade after another
+        for i in 0..1000 {
+            store.record(&finding(Severity::Warning, &format!("w{i}")));
+        }
+        store.record(&finding(Severity::Error, "late"));
+        let c = &store.connections()[0];
+        assert_eq!(c.findings.len(), FINDINGS_KEPT);
+        assert_eq!(c.findings[0].code, "w0");
+        assert_eq!(c.findings_not_kept, 1001 - FINDINGS_KEPT as u64);
+        // the worst of all of them, not of those kept
+        assert_eq!(c.severity, Some(Severity::Error));
+        let json = serde_json::to_value(c).unwrap();
+        assert_eq!(json["findings_not_kept"], 1001 - FINDINGS_KEPT as u64);
+        // and none of that on a connection within the limit
+        store.record(&Event::conn(
+            SystemTime::now(),
+            ConnId(2),
+            EventKind::Finding(Finding::new("x", Severity::Info, "m", "h")),
+        ));
+        let two = store.connections().into_iter().find(|c| c.id == 2).unwrap();
+        assert!(serde_json::to_value(&two)
+            .unwrap()
+            .get("findings_not_kept")
+            .is_none());
     }
 
     #[test]

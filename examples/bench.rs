@@ -1288,6 +1288,8 @@ fn serve_echo(addr: &str, mode: EchoArg) -> ExitCode {
             l,
             EchoOptions {
                 mode,
+                // `--echo messages` must take the 1 GiB message whole
+                max_message: u32::MAX as usize,
                 ..Default::default()
             },
         )

@@ -5,7 +5,8 @@
 //! cargo run --release -- proxy --upstream ws://127.0.0.1:5173
 //! ```
 //!
-//! It echoes every message on any path, answers pings, and serves a small
+//! It echoes every message on any path (up to 64 MiB; `--frames` streams
+//! any size), answers pings, and serves a small
 //! page that opens a WebSocket to `/echo` (open it through the proxy to see
 //! the browser's handshake). `--listen 127.0.0.1:0` picks a free port; the
 //! chosen address is printed as `listening on ADDR`. It serves until
@@ -51,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
         } else {
             EchoMode::Messages
         },
+        ..Default::default()
     };
     tokio::select! {
         _ = echo::serve(listener, opts) => {}

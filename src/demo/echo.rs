@@ -32,8 +32,14 @@ use tokio_tungstenite::WebSocketStream;
 use super::frame_echo;
 use crate::proto::handshake::accept_key;
 
+/// Largest message (and frame) the message echo takes by default.
+/// tungstenite reserves a frame's whole length as soon as it reads the
+/// header, so without a limit a header claiming 2^45 bytes aborts the
+/// process (the demo runs the proxy in it).
+pub const DEFAULT_MAX_MESSAGE: usize = 64 << 20;
+
 /// How the echo server behaves.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EchoOptions {
     /// Subprotocols it accepts; it picks the first the client offers.
     pub subprotocols: Vec<String>,
@@ -41,6 +47,20 @@ pub struct EchoOptions {
     pub require_origin: Option<String>,
     /// How it echoes once the connection is upgraded.
     pub mode: EchoMode,
+    /// [`EchoMode::Messages`]: larger messages or frames end the
+    /// connection (1009). The frame echo streams and needs no limit.
+    pub max_message: usize,
+}
+
+impl Default for EchoOptions {
+    fn default() -> Self {
+        EchoOptions {
+            subprotocols: Vec::new(),
+            require_origin: None,
+            mode: EchoMode::default(),
+            max_message: DEFAULT_MAX_MESSAGE,
+        }
+    }
 }
 
 /// How an upgraded connection is echoed.
@@ -54,8 +74,8 @@ pub enum EchoMode {
     Frames,
 }
 
-/// A config without message or frame size limits: the echo must take
-/// whatever the tests and benchmarks send.
+/// A config without message or frame size limits, for test clients that
+/// must take whatever they are sent (not for anything serving a network).
 pub fn unlimited() -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(None)
@@ -196,6 +216,7 @@ async fn handle(
     let accept = accept_key(key.to_str().unwrap_or_default());
     let upgrade = hyper::upgrade::on(&mut req);
     let mode = opts.mode;
+    let limit = opts.max_message;
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else {
             return;
@@ -205,7 +226,11 @@ async fn handle(
                 let ws = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
-                    Some(unlimited()),
+                    Some(
+                        WebSocketConfig::default()
+                            .max_message_size(Some(limit))
+                            .max_frame_size(Some(limit)),
+                    ),
                 )
                 .await;
                 echo(ws).await;
@@ -246,5 +271,73 @@ where
         if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const STEP: Duration = Duration::from_secs(10);
+
+    /// Upgrades a raw connection to `/echo`; returns it after the 101.
+    async fn upgraded(addr: std::net::SocketAddr) -> TcpStream {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut b).await.unwrap(), 1, "the head ended early");
+            head.push(b[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{:?}",
+            String::from_utf8_lossy(&head)
+        );
+        s
+    }
+
+    #[tokio::test]
+    async fn a_frame_header_claiming_terabytes_ends_that_connection_only() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(serve(l, EchoOptions::default()));
+
+        // a masked binary frame whose header claims 2^45 bytes: tungstenite
+        // reserved that much up front, and the failed allocation aborted
+        // the whole process
+        let mut bomb = upgraded(addr).await;
+        bomb.write_all(&[0x82, 0xff, 0, 0, 0x20, 0, 0, 0, 0, 0, 1, 2, 3, 4, 0xaa])
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(STEP, bomb.read_to_end(&mut rest))
+            .await
+            .expect("the echo ends the connection")
+            .ok();
+        // a close frame 1009 (message too big), if it got one out
+        if rest.len() >= 4 {
+            assert_eq!(&rest[..4], &[0x88, rest[1], 0x03, 0xf1], "{rest:?}");
+        }
+
+        // the server lives on: a normal message still comes back
+        let mut ok = upgraded(addr).await;
+        ok.write_all(&[0x81, 0x82, 0, 0, 0, 0, b'h', b'i'])
+            .await
+            .unwrap();
+        let mut back = [0u8; 4];
+        tokio::time::timeout(STEP, ok.read_exact(&mut back))
+            .await
+            .expect("an echo")
+            .unwrap();
+        assert_eq!(back, [0x81, 2, b'h', b'i']);
     }
 }

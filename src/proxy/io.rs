@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::splice::TcpSide;
 use crate::proto::frame::Parsed;
 use crate::proto::http::{HeadError, MAX_HEAD_BYTES};
 
@@ -165,6 +166,59 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
             .await?;
         self.total += n as u64;
         Ok(n)
+    }
+
+    /// Gives the buffer back to this thread's spares when nothing is
+    /// buffered and the input is a plain socket, which [`Self::fill_lean`]
+    /// can wait on without one. Other inputs keep theirs.
+    pub fn release(&mut self)
+    where
+        R: TcpSide,
+    {
+        if self.start == self.buf.len() && self.buf.capacity() > 0 && self.io.tcp().is_some() {
+            super::pool::give(std::mem::take(&mut self.buf));
+            self.start = 0;
+        }
+    }
+
+    /// [`Self::fill`], but without a buffer while waiting when it has none
+    /// and the input is a plain socket: it waits for the socket to be
+    /// readable, then takes a spare buffer for the read.
+    pub async fn fill_lean(&mut self) -> io::Result<usize>
+    where
+        R: TcpSide,
+    {
+        use futures_util::FutureExt;
+        if self.buf.capacity() == 0 && self.io.tcp().is_some() {
+            loop {
+                // the socket's own reader waker, as `poll_read` uses:
+                // `readable()` would queue a waiter under a lock
+                std::future::poll_fn(|cx| match self.io.tcp() {
+                    Some(tcp) => tcp.poll_read_ready(cx),
+                    None => std::task::Poll::Ready(Ok(())),
+                })
+                .await?;
+                let mut buf = super::pool::take();
+                // One poll, through `poll_read` (which, unlike `try_read`,
+                // knows a short read drained the socket and saves the next
+                // read's syscall). Stale readiness: back to waiting, and
+                // the wait above puts this task's waker back.
+                match (&mut self.io).read_buf(&mut buf).now_or_never() {
+                    Some(Ok(n)) => {
+                        self.buf = buf;
+                        self.start = 0;
+                        self.total += n as u64;
+                        return Ok(n);
+                    }
+                    Some(Err(e)) => {
+                        super::pool::give(buf);
+                        return Err(e);
+                    }
+                    None => super::pool::give(buf),
+                }
+            }
+        }
+        self.fill().await
     }
 
     /// Reads one head with `parse`. `Ok(None)`: the stream ended cleanly
@@ -338,6 +392,75 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
 mod tests {
     use super::*;
     use crate::proto::http::parse_request_head;
+
+    /// A relay side on a plain socket holds a buffer only while it has
+    /// bytes: waiting, it holds none, and the buffer goes back to the
+    /// thread's spares for the next read (idle connections used to keep
+    /// every page a large message had touched).
+    #[tokio::test]
+    async fn a_plain_socket_is_waited_on_without_a_buffer() {
+        use super::super::pool;
+        use super::super::splice::RelayRd;
+        use tokio::io::AsyncWriteExt;
+
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut tx = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (rx, _) = l.accept().await.unwrap();
+        let (r, _w) = rx.into_split();
+        let mut rd = Inbound::new(RelayRd::Tcp(r));
+        let step = Duration::from_secs(10);
+
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        tx.write_all(&big).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < big.len() {
+            rd.release();
+            let n = tokio::time::timeout(step, rd.fill_lean())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0 && n <= READ_CAPACITY);
+            got.extend_from_slice(rd.buffered());
+            rd.consume(n);
+        }
+        assert!(got == big, "the bytes came through changed");
+        assert_eq!(rd.total, big.len() as u64);
+
+        rd.release();
+        assert_eq!(rd.buf.capacity(), 0);
+        let spare = pool::spare();
+        assert!(spare >= 1);
+        // nothing to read: it waits, holding no buffer
+        let waited = tokio::time::timeout(Duration::from_millis(100), rd.fill_lean()).await;
+        assert!(waited.is_err(), "there was nothing to read");
+        assert_eq!(rd.buf.capacity(), 0);
+        assert_eq!(pool::spare(), spare, "a wait takes no buffer");
+
+        // bytes come: a spare buffer takes them
+        tx.write_all(b"after the wait").await.unwrap();
+        let n = tokio::time::timeout(step, rd.fill_lean())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rd.buffered(), &b"after the wait"[..n]);
+        assert_eq!(pool::spare(), spare - 1);
+
+        // the peer leaves: end of stream, as from `fill`
+        rd.consume(n);
+        drop(tx);
+        rd.release();
+        let mut end = tokio::time::timeout(step, rd.fill_lean())
+            .await
+            .unwrap()
+            .unwrap();
+        while end > 0 {
+            rd.consume(end);
+            end = tokio::time::timeout(step, rd.fill_lean())
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
 
     #[tokio::test]
     async fn head_then_leftover() {

@@ -7,6 +7,7 @@ pub mod body;
 pub mod conn;
 pub mod forward;
 pub mod io;
+pub mod pool;
 pub mod relay;
 pub mod shards;
 pub mod splice;

@@ -425,13 +425,15 @@ where
             }
         }
         if rd.buffered().is_empty() {
+            // no buffer held while waiting (see `pool`)
+            rd.release();
             // The socket first: waiting on an empty inbox is not free (a
             // waker to register each time), so it is waited on only when
             // the socket has nothing; the glance at the top of the loop
             // finds controls that come while it keeps having something.
             tokio::select! {
                 biased;
-                r = rd.fill() => match r {
+                r = rd.fill_lean() => match r {
                     Ok(0) => {
                         // Pass the half-close on: the peer learns no more is coming.
                         let _ = wr.shutdown().await;

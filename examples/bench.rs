@@ -676,6 +676,27 @@ fn percentile(sorted: &[u64], p: f64) -> Option<f64> {
     Some(sorted[i] as f64 / 1000.0)
 }
 
+/// One verified echo of `size` bytes on each connection, 256 at a time.
+async fn echo_each(conns: Vec<LoadConn>, size: usize) -> Result<Vec<LoadConn>> {
+    let mut set = JoinSet::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(256));
+    let n = conns.len();
+    for mut c in conns {
+        let permits = permits.clone();
+        set.spawn(async move {
+            let p = permits.acquire_owned().await;
+            c.run(&Workload::count(size, 1)).await?;
+            drop(p);
+            Ok::<LoadConn, load::LoadError>(c)
+        });
+    }
+    let mut back = Vec::with_capacity(n);
+    while let Some(r) = set.join_next().await {
+        back.push(r?.with_context(|| format!("a {size}-byte echo on an idle connection"))?);
+    }
+    Ok(back)
+}
+
 async fn connect_all(addr: SocketAddr, n: usize) -> Result<Vec<LoadConn>> {
     let permits = Arc::new(tokio::sync::Semaphore::new(256));
     let mut set = JoinSet::new();
@@ -1097,7 +1118,8 @@ impl Bench {
     }
 
     /// N idle connections held open through a fresh wstap; RSS per
-    /// connection, then one verified echo on each, then RSS again.
+    /// connection, then one verified echo on each, then RSS again, then
+    /// one 64 KiB echo each and RSS again.
     async fn idle(&mut self, name: &str) -> Result<()> {
         let n = self.idle_n;
         let with_json = self.args.targets.contains(&TargetKind::WstapJson);
@@ -1120,23 +1142,14 @@ impl Bench {
         let rss1 = status_kib(p.pid, "VmRSS").unwrap_or(0);
         let fds = open_fds(p.pid);
         // prove they are live: one verified echo each, then idle again
-        let mut set = JoinSet::new();
-        let permits = Arc::new(tokio::sync::Semaphore::new(256));
-        for mut c in conns {
-            let permits = permits.clone();
-            set.spawn(async move {
-                let p = permits.acquire_owned().await;
-                c.run(&Workload::count(64, 1)).await?;
-                drop(p);
-                Ok::<LoadConn, load::LoadError>(c)
-            });
-        }
-        let mut conns = Vec::with_capacity(n);
-        while let Some(r) = set.join_next().await {
-            conns.push(r?.context("an echo on an idle connection")?);
-        }
+        let conns = echo_each(conns, 64).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let rss2 = status_kib(p.pid, "VmRSS").unwrap_or(0);
+        // a 64 KiB message each: a relay that kept its read buffer would
+        // now hold every page of it while idle
+        let conns = echo_each(conns, 64 << 10).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss3 = status_kib(p.pid, "VmRSS").unwrap_or(0);
         let hwm = status_kib(p.pid, "VmHWM").unwrap_or(0);
         let mut set = JoinSet::new();
         let permits = Arc::new(tokio::sync::Semaphore::new(256));
@@ -1153,7 +1166,8 @@ impl Bench {
         p.stop().await?;
         if let Some(path) = &json {
             let (c, s) = logged_frames(path)?;
-            let want = (2 * n as u64, 2 * n as u64);
+            // two echoes and a close each way
+            let want = (3 * n as u64, 3 * n as u64);
             if (c, s) != want {
                 self.failures.push(format!(
                     "{name}: the JSON log holds {c}/{s} frames, expected {}/{}",
@@ -1164,13 +1178,15 @@ impl Bench {
         }
         let per = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / n as f64;
         println!(
-            "{name:<26} {:<14} rss {:.1} -> {:.1} MiB: {:.1} KiB per idle connection; after one echo each {:.1} MiB ({:.1} KiB per connection); peak {:.1} MiB; {fds} fds open; opened in {open_secs:.1} s; wstap's fd limit: {limit}",
+            "{name:<26} {:<14} rss {:.1} -> {:.1} MiB: {:.1} KiB per idle connection; after one echo each {:.1} MiB ({:.1} KiB per connection); after a 64 KiB echo each {:.1} MiB ({:.1} KiB); peak {:.1} MiB; {fds} fds open; opened in {open_secs:.1} s; wstap's fd limit: {limit}",
             if with_json { "wstap --json" } else { "wstap --quiet" },
             rss0 as f64 / 1024.0,
             rss1 as f64 / 1024.0,
             per(rss0, rss1),
             rss2 as f64 / 1024.0,
             per(rss0, rss2),
+            rss3 as f64 / 1024.0,
+            per(rss0, rss3),
             hwm as f64 / 1024.0,
         );
         self.json_lines.push(
@@ -1184,6 +1200,8 @@ impl Bench {
                 "per_conn_kib": round1(per(rss0, rss1)),
                 "rss_after_one_echo_each_mib": round1(rss2 as f64 / 1024.0),
                 "per_conn_after_echo_kib": round1(per(rss0, rss2)),
+                "rss_after_64k_echo_each_mib": round1(rss3 as f64 / 1024.0),
+                "per_conn_after_64k_echo_kib": round1(per(rss0, rss3)),
                 "peak_rss_mib": round1(hwm as f64 / 1024.0),
                 "fds_open": fds,
                 "fd_limit": limit,

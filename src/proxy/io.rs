@@ -203,7 +203,7 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
                 // knows a short read drained the socket and saves the next
                 // read's syscall). Stale readiness: back to waiting, and
                 // the wait above puts this task's waker back.
-                match (&mut self.io).read_buf(&mut buf).now_or_never() {
+                match self.io.read_buf(&mut buf).now_or_never() {
                     Some(Ok(n)) => {
                         self.buf = buf;
                         self.start = 0;

@@ -201,6 +201,70 @@ async fn an_upstream_that_never_answers_the_handshake_gets_504_and_a_finding() {
     );
 }
 
+/// An upgrade request that announces a body it never sends, to an
+/// upstream that never answers: the handshake timeout still holds (the
+/// wait for the body used to keep the 504 back for ever).
+#[tokio::test]
+async fn an_upgrade_with_an_unsent_body_still_times_out() {
+    let (held_tx, _held_rx) = tokio::sync::mpsc::unbounded_channel::<TcpStream>();
+    let up = scripted_upstream(move |mut s| {
+        let held = held_tx.clone();
+        async move {
+            read_head(&mut s).await;
+            let _ = held.send(s);
+        }
+    })
+    .await;
+    let proxy = TestProxy::start_with(&format!("ws://{up}"), |c| {
+        c.handshake_timeout = Duration::from_millis(300);
+        c.header_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut c = within("connect", TcpStream::connect(proxy.addr))
+        .await
+        .unwrap();
+    let req = upgrade_request("/body").replace("\r\n\r\n", "\r\nContent-Length: 10\r\n\r\n");
+    send(&mut c, req.as_bytes()).await;
+    let resp = String::from_utf8_lossy(&read_all(&mut c).await).into_owned();
+    assert!(resp.starts_with("HTTP/1.1 504"), "{resp}");
+    let evs = proxy.wait_closes(1).await;
+    assert_eq!(only_close(&evs).reason, "upstream-failed", "{}", dump(&evs));
+}
+
+/// An upstream that answers an upgrade with 100 Continue again and again:
+/// the handshake timeout counts from the request, not from the last
+/// interim answer.
+#[tokio::test]
+async fn interim_answers_do_not_extend_the_handshake_timeout() {
+    let up = scripted_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        for _ in 0..100 {
+            if s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let proxy = TestProxy::start_with(&format!("ws://{up}"), |c| {
+        c.handshake_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut c = within("connect", TcpStream::connect(proxy.addr))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    send(&mut c, upgrade_request("/interim").as_bytes()).await;
+    let resp = String::from_utf8_lossy(&read_all(&mut c).await).into_owned();
+    // the interim answers went through, then the 504
+    assert!(resp.starts_with("HTTP/1.1 100 Continue"), "{resp}");
+    assert!(resp.contains("HTTP/1.1 504"), "{resp}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    let evs = proxy.wait_closes(1).await;
+    assert_eq!(only_close(&evs).reason, "upstream-failed", "{}", dump(&evs));
+}
+
 #[tokio::test]
 async fn a_client_half_close_reaches_the_upstream_which_can_still_answer() {
     let up = scripted_upstream(|mut s| async move {

@@ -265,6 +265,35 @@ async fn an_idle_connection_that_never_sends_gets_408() {
     assert_eq!(closes(&evs)[0].reason, "bad-request");
 }
 
+/// A client that sends a head announcing a body, a byte of it, and then
+/// nothing: cut like a slowloris head (it used to hold its socket and the
+/// upstream connection until shutdown).
+#[tokio::test]
+async fn a_stalled_request_body_gets_408() {
+    let echo = echo_server(EchoOptions::default()).await;
+    let proxy = TestProxy::start_with(&format!("http://{echo}"), |c| {
+        c.header_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut s = within("connect", TcpStream::connect(proxy.addr))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    within(
+        "the head and a byte",
+        s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nx"),
+    )
+    .await
+    .unwrap();
+    let resp = read_all(&mut s).await;
+    let text = String::from_utf8_lossy(&resp);
+    assert_eq!(status_of(&resp), Some(408), "{text}");
+    assert!(text.contains("no body bytes for 300ms after 1"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let evs = proxy.wait_closes(1).await;
+    assert_eq!(closes(&evs)[0].reason, "bad-request", "{}", dump(&evs));
+}
+
 /// A body wstap never reads (it answers first), sent in pieces that take
 /// longer than wstap needs to answer.
 const PIECES: usize = 3;

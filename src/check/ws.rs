@@ -452,6 +452,7 @@ async fn read_body_preview(
             buf: &mut captured,
             limit: BODY_PREVIEW,
         }),
+        None,
     );
     // a body that never ends is cut by the limit; what came is enough
     let _ = tokio::time::timeout(limit, copy).await;

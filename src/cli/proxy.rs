@@ -86,7 +86,8 @@ pub struct ProxyArgs {
     /// How long connecting to the upstream (DNS, TCP, TLS) may take.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub connect_timeout: Duration,
-    /// How long a client may take to send its request head.
+    /// How long a client may take to send its request head (and the
+    /// longest pause allowed inside its request body).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub header_timeout: Duration,
     /// How long the upstream may take to answer an upgrade request.

@@ -3,6 +3,7 @@
 //! decoded or held beyond the read buffer; a chunked body stays chunked.
 
 use std::io;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -19,6 +20,8 @@ pub enum BodyError {
     Framing(#[from] FramingError),
     #[error("the body ended after {got} bytes; {expected} were announced")]
     Truncated { expected: String, got: u64 },
+    #[error("no body bytes for {after:?} after {got}")]
+    Stalled { after: Duration, got: u64 },
 }
 
 /// Up to `limit` first bytes of a body, kept for the log.
@@ -27,12 +30,14 @@ pub struct Capture<'a> {
     pub limit: usize,
 }
 
-/// Copies one body; returns the bytes copied.
+/// Copies one body; returns the bytes copied. With `idle`, a wait that
+/// long for the next bytes ends it ([`BodyError::Stalled`]).
 pub async fn copy_body<R, W>(
     src: &mut Inbound<R>,
     dst: &mut W,
     kind: BodyKind,
     mut capture: Option<Capture<'_>>,
+    idle: Option<Duration>,
 ) -> Result<u64, BodyError>
 where
     R: AsyncRead + Unpin,
@@ -47,7 +52,13 @@ where
     };
     loop {
         if src.buffered().is_empty() {
-            let n = src.fill().await.map_err(BodyError::Read)?;
+            let n = match idle {
+                None => src.fill().await,
+                Some(after) => tokio::time::timeout(after, src.fill())
+                    .await
+                    .map_err(|_| BodyError::Stalled { after, got: copied })?,
+            }
+            .map_err(BodyError::Read)?;
             if n == 0 {
                 return match kind {
                     BodyKind::UntilClose => {
@@ -106,7 +117,7 @@ mod tests {
     async fn run(input: &[u8], kind: BodyKind) -> (Result<u64, BodyError>, Vec<u8>, Vec<u8>) {
         let mut src = Inbound::new(input);
         let mut out = Vec::new();
-        let r = copy_body(&mut src, &mut out, kind, None).await;
+        let r = copy_body(&mut src, &mut out, kind, None, None).await;
         let rest = src.buffered().to_vec();
         (r, out, rest)
     }
@@ -138,7 +149,7 @@ mod tests {
         let (out, mut peer) = tokio::io::duplex(1024);
         let mut dst = tokio::io::BufWriter::new(out);
         let mut src = Inbound::new(src);
-        let copy = copy_body(&mut src, &mut dst, BodyKind::Chunked, None);
+        let copy = copy_body(&mut src, &mut dst, BodyKind::Chunked, None, None);
         let read = async {
             use tokio::io::AsyncReadExt;
             let mut got = [0u8; 10];

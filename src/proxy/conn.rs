@@ -564,6 +564,11 @@ impl Conn {
                         message: message.clone(),
                     }))
                     .await;
+                    if let BodyError::Stalled { .. } = e {
+                        let (_, bytes) = own_response(408, &format!("wstap: {message}\n"));
+                        self.answer_and_close(&bytes).await;
+                        return Step::Done(End::new("bad-request", message));
+                    }
                     return Step::Done(End::new("client-closed", message));
                 }
                 Err(ExchangeError::Upstream(f, stale)) => {
@@ -639,7 +644,7 @@ impl Conn {
                 buf: &mut captured,
                 limit: BODY_PREVIEW,
             });
-            copy_body(&mut up.rd, &mut self.client_wr, resp_framing, capture).await
+            copy_body(&mut up.rd, &mut self.client_wr, resp_framing, capture, None).await
         };
         if attempt {
             hs.duration_ms = Some(millis(started.elapsed()));
@@ -735,9 +740,31 @@ impl Conn {
         let reused = up.reused;
         let addr = up.addr.to_string();
         let read_before = up.rd.total;
-        let body = copy_body(&mut self.client_rd, &mut up.wr, framing, None);
-        let head = read_final_head(&mut up.rd, &mut self.client_wr, timeout, &addr);
-        let (body, head) = tokio::join!(body, head);
+        // a client that stops sending its body is cut like one that stops
+        // sending its head (an upload that keeps moving is not)
+        let stall = Some(self.shared.cfg.header_timeout);
+        let (body, head) = {
+            let body = copy_body(&mut self.client_rd, &mut up.wr, framing, None, stall);
+            let head = read_final_head(&mut up.rd, &mut self.client_wr, timeout, &addr);
+            tokio::pin!(body, head);
+            tokio::select! {
+                h = &mut head => match h {
+                    // no answer (a timeout, say): the client gets that now,
+                    // not after a body it may never finish
+                    Err(f) => (Ok(0), Err(f)),
+                    Ok(h) => ((&mut body).await, Ok(h)),
+                },
+                b = &mut body => match b {
+                    // the client's side failed (stalled, ended early): the
+                    // answer is not waited for (without a handshake timeout
+                    // that wait has no end)
+                    Err(e) if !matches!(e, BodyError::Write(_)) => {
+                        return Err(ExchangeError::Client(e))
+                    }
+                    b => (b, head.await),
+                },
+            }
+        };
         let (head, raw) = head.map_err(|f| {
             let silent = up.rd.total == read_before && up.rd.buffered().is_empty();
             let stale = reused && silent && matches!(f, UpstreamFailure::Dropped { .. });
@@ -935,9 +962,15 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    // one deadline for all of them: an upstream sending 100 Continue
+    // every half second must not hold the wait open for ever
+    let deadline = timeout.map(|t| (t, Instant::now() + t));
     loop {
-        let head = match timeout {
-            Some(t) => rd.read_head_within(parse_response_head, t).await,
+        let head = match deadline {
+            Some((_, at)) => {
+                let left = at.saturating_duration_since(Instant::now());
+                rd.read_head_within(parse_response_head, left).await
+            }
             None => rd.read_head(parse_response_head).await,
         };
         let (h, raw) = match head {
@@ -951,7 +984,7 @@ where
             Err(ReadHeadError::Timeout(after, _)) => {
                 return Err(UpstreamFailure::NoResponse {
                     addr: addr.to_string(),
-                    after,
+                    after: deadline.map_or(after, |(t, _)| t),
                 })
             }
             Err(e) => {
@@ -990,12 +1023,12 @@ where
     D: AsyncWrite + Unpin,
 {
     let up = async {
-        let r = copy_body(a_rd, b_wr, BodyKind::UntilClose, None).await;
+        let r = copy_body(a_rd, b_wr, BodyKind::UntilClose, None, None).await;
         let _ = b_wr.shutdown().await;
         r
     };
     let down = async {
-        let r = copy_body(b_rd, a_wr, BodyKind::UntilClose, None).await;
+        let r = copy_body(b_rd, a_wr, BodyKind::UntilClose, None, None).await;
         let _ = a_wr.shutdown().await;
         r
     };

@@ -82,7 +82,8 @@ pub struct ProxyConfig {
     /// Payload bytes per frame attached to events for the HAR sink (0: none).
     pub capture: usize,
     pub connect_timeout: Duration,
-    /// How long a client may take to send a complete request head.
+    /// How long a client may take to send a complete request head; also
+    /// the longest pause inside a request body.
     pub header_timeout: Duration,
     /// How long the upstream may take to answer an upgrade request.
     pub handshake_timeout: Duration,

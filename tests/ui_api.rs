@@ -732,6 +732,69 @@ async fn bad_input_gets_clear_4xx() {
     p.stop().await;
 }
 
+/// A client that declares a body and never sends it all gets 408 once the
+/// body wait is over, and its connection ends: such clients cannot hold
+/// the live view's client slots (64) and lock everyone else out.
+#[tokio::test]
+async fn a_stalled_request_body_gets_408_and_frees_its_slot() {
+    // the default is the same 10 s as for heads; the test waits less
+    assert_eq!(wstap::ui::BODY_TIMEOUT, Duration::from_secs(10));
+    let wait = Duration::from_millis(500);
+    // the wait, plus room for a loaded test machine
+    let bound = wait + Duration::from_secs(5);
+    let echo = echo_server(EchoOptions::default()).await;
+    let p = UiProxy::start_full(
+        &format!("ws://{echo}"),
+        |_| {},
+        wstap::ui::Limits::default(),
+        wait,
+    )
+    .await;
+    let (mut ws, id) = echo_conn(&p, "/stall").await;
+    let inject = format!("/api/connections/{id}/inject");
+    // 50 bytes declared, 8 sent; no `Connection: close`, so the server
+    // must end the connection itself
+    let head = format!(
+        "POST {inject} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n",
+        p.ui
+    );
+    let started = tokio::time::Instant::now();
+    // as many at once as the view serves (MAX_CLIENTS in src/ui/mod.rs)
+    let stalled: Vec<_> = (0..64)
+        .map(|_| {
+            let (ui, head) = (p.ui, head.clone());
+            tokio::spawn(async move {
+                tokio::time::timeout(bound, raw(ui, head.as_bytes(), br#"{"to":"#))
+                    .await
+                    .unwrap_or_else(|_| panic!("no answer to a stalled body within {bound:?}"))
+            })
+        })
+        .collect();
+    for t in stalled {
+        let r = within("a stalled request", t).await.unwrap();
+        assert_eq!(r.status, 408, "{}", r.text());
+        assert_eq!(r.json()["status"], 408);
+        assert!(r.error().contains("did not arrive within"), "{}", r.error());
+    }
+    let took = started.elapsed();
+    assert!(took >= wait, "answered after {took:?}, before the wait");
+    assert!(took < bound, "answered after {took:?}");
+
+    // the slots are free again, and nothing half-sent was injected
+    let r = p.get("/api/connections").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = raw_post(
+        &p,
+        &inject,
+        br#"{"to":"server","opcode":"text","data":"after"}"#,
+        "application/json",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(next_msg(&mut ws).await, Message::text("after"));
+    p.stop().await;
+}
+
 #[tokio::test]
 async fn host_and_origin_must_be_the_live_view_itself() {
     let echo = echo_server(EchoOptions::default()).await;

@@ -51,6 +51,8 @@ pub struct Ctx {
     pub proxy: Weak<Shared>,
     /// Event streams still open: stopping waits for them to say `end`.
     pub streams: Arc<std::sync::atomic::AtomicUsize>,
+    /// How long a request body may take to arrive in full.
+    pub body_timeout: Duration,
 }
 
 /// Counts an open event stream for as long as it lives.
@@ -356,7 +358,7 @@ async fn inject_route(
 ) -> Result<Response<Body>, ApiError> {
     let id = parse_id(id)?;
     let (controls, max_preview) = open_controls(ctx, id)?;
-    let Some(body) = http::read_json::<InjectReq>(req, false).await? else {
+    let Some(body) = http::read_json::<InjectReq>(req, false, ctx.body_timeout).await? else {
         return Err(ApiError::bad("a JSON body is required"));
     };
     let (opcode, payload) = match body.opcode {
@@ -451,7 +453,7 @@ async fn close_route(
 ) -> Result<Response<Body>, ApiError> {
     let id = parse_id(id)?;
     let (controls, max_preview) = open_controls(ctx, id)?;
-    let body = http::read_json::<CloseReq>(req, true)
+    let body = http::read_json::<CloseReq>(req, true, ctx.body_timeout)
         .await?
         .unwrap_or(CloseReq {
             code: normal_closure(),
@@ -583,7 +585,7 @@ async fn replay_route(
         }
     };
     let (controls, max_preview) = open_controls(ctx, id)?;
-    let body = http::read_json::<ReplayReq>(req, true)
+    let body = http::read_json::<ReplayReq>(req, true, ctx.body_timeout)
         .await?
         .unwrap_or_default();
     let payload = replayable(&stored.frame)

@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -190,11 +191,13 @@ impl ApiError {
 }
 
 /// Reads a JSON request body: `415` unless `Content-Type` is JSON, `413`
-/// past [`MAX_BODY`], `400` when it does not parse as `T`. With
-/// `optional`, an empty body (any content type) is `None`.
+/// past [`MAX_BODY`], `408` unless all of it arrives within `timeout`,
+/// `400` when it does not parse as `T`. With `optional`, an empty body
+/// (any content type) is `None`.
 pub async fn read_json<T: serde::de::DeserializeOwned>(
     req: Request<Incoming>,
     optional: bool,
+    timeout: Duration,
 ) -> Result<Option<T>, ApiError> {
     let is_json = req
         .headers()
@@ -213,7 +216,21 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(too_large_body());
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+    // hyper's header timeout ends at the head: a client that declares a
+    // length and then stalls would hold one of the view's few client slots
+    // for ever. A deadline on the whole body (not per read) also stops one
+    // that trickles a byte at a time.
+    let read = Limited::new(req.into_body(), MAX_BODY).collect();
+    let Ok(read) = tokio::time::timeout(timeout, read).await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s",
+                timeout.as_secs_f64()
+            ),
+        ));
+    };
+    let body = match read {
         Ok(c) => c.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large_body()),
         Err(e) => return Err(ApiError::bad(format!("cannot read the request body: {e}"))),

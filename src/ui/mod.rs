@@ -38,6 +38,10 @@ use crate::proxy::Shared;
 const MAX_CLIENTS: usize = 64;
 /// How long a client may take to send a request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request body once its head is in
+/// (answered with 408 past it). The same allowance as for the head: bodies
+/// are at most 2 MiB and come from a page or a script, not a slow link.
+pub const BODY_TIMEOUT: Duration = HEADER_TIMEOUT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UiError {
@@ -83,6 +87,17 @@ impl LiveView {
     /// the proxy, so the event stream can end (and the store hear of it)
     /// while the view still serves.
     pub fn start(listener: TcpListener, store: Arc<Store>, proxy: &Arc<Shared>) -> LiveView {
+        Self::start_with_body_timeout(listener, store, proxy, BODY_TIMEOUT)
+    }
+
+    /// [`LiveView::start`] with another wait for request bodies than
+    /// [`BODY_TIMEOUT`] (tests use a short one).
+    pub fn start_with_body_timeout(
+        listener: TcpListener,
+        store: Arc<Store>,
+        proxy: &Arc<Shared>,
+        body_timeout: Duration,
+    ) -> LiveView {
         let addr = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -92,6 +107,7 @@ impl LiveView {
             store,
             proxy: Arc::downgrade(proxy),
             streams: streams.clone(),
+            body_timeout,
         });
         let task = tokio::spawn(accept_loop(listener, guard, ctx));
         LiveView {

@@ -39,6 +39,16 @@ impl UiProxy {
         tweak: impl FnOnce(&mut ProxyConfig),
         limits: Limits,
     ) -> UiProxy {
+        Self::start_full(upstream, tweak, limits, wstap::ui::BODY_TIMEOUT).await
+    }
+
+    /// With `body_timeout` as the live view's wait for request bodies.
+    pub async fn start_full(
+        upstream: &str,
+        tweak: impl FnOnce(&mut ProxyConfig),
+        limits: Limits,
+        body_timeout: Duration,
+    ) -> UiProxy {
         let mut cfg = ProxyConfig::new(
             "127.0.0.1:0".parse().unwrap(),
             upstream.parse().expect("upstream URL"),
@@ -68,7 +78,12 @@ impl UiProxy {
         )
         .await
         .unwrap();
-        let view = LiveView::start(listener, store.clone(), &proxy.shared());
+        let view = LiveView::start_with_body_timeout(
+            listener,
+            store.clone(),
+            &proxy.shared(),
+            body_timeout,
+        );
         let ui = view.addr();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -2,7 +2,7 @@
 //! HTTP request, findings highlighted when found, and a one-line verdict
 //! when a WebSocket closes. Colour only on a terminal.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::time::SystemTime;
 
@@ -51,8 +51,19 @@ pub struct TerminalSink {
     out: BufWriter<Box<dyn Write + Send>>,
     style: Style,
     /// The most severe finding per open connection, for the verdict.
-    worst: HashMap<ConnId, Finding>,
+    /// Keyed by id so the oldest connections (ids only grow) go first
+    /// when it is full: see [`MAX_WORST`].
+    worst: BTreeMap<ConnId, Finding>,
 }
+
+/// Connections whose worst finding is remembered at once. An entry leaves
+/// when its connection's `Close` arrives, but `--lossy-log` can drop that
+/// event, and ids are never reused, so without a cap the map grows for the
+/// whole run (about 380 bytes a connection). 4096 is far more connections
+/// with findings than are open at once in practice, and costs at most a
+/// couple of MiB; past it the oldest connection loses its entry, and its
+/// verdict (if its close ever comes) reads as if it had no finding.
+const MAX_WORST: usize = 4096;
 
 impl TerminalSink {
     /// Writes to stderr, with colour when stderr is a terminal.
@@ -65,7 +76,7 @@ impl TerminalSink {
         TerminalSink {
             out: BufWriter::with_capacity(32 * 1024, w),
             style: Style { on: color },
-            worst: HashMap::new(),
+            worst: BTreeMap::new(),
         }
     }
 }
@@ -253,6 +264,9 @@ impl TerminalSink {
             let worse = self.worst.get(&c).is_none_or(|w| f.severity > w.severity);
             if worse {
                 self.worst.insert(c, f.clone());
+                while self.worst.len() > MAX_WORST {
+                    self.worst.pop_first();
+                }
             }
         }
         Ok(())
@@ -353,6 +367,7 @@ impl Sink for TerminalSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::event::CloseSummary;
     use crate::proto::frame::Opcode;
     use std::sync::{Arc, Mutex};
 
@@ -392,5 +407,65 @@ mod tests {
         assert!(s.contains("5 B"), "{s}");
         assert!(s.contains("1000 Normal Closure \"bye\""), "{s}");
         assert!(!s.contains('\x1b'));
+    }
+
+    fn finding(t: &mut TerminalSink, conn: u64, code: &str, sev: Severity) {
+        let f = Finding::new(code, sev, format!("{code} on #{conn}"), "");
+        t.event(&Event::conn(
+            SystemTime::UNIX_EPOCH,
+            ConnId(conn),
+            EventKind::Finding(f),
+        ))
+        .unwrap();
+    }
+
+    fn close(t: &mut TerminalSink, conn: u64) {
+        let c = CloseSummary {
+            websocket: true,
+            ..CloseSummary::without_traffic("client-closed", "the client closed", 1.0)
+        };
+        t.event(&Event::conn(
+            SystemTime::UNIX_EPOCH,
+            ConnId(conn),
+            EventKind::Close(c),
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn verdicts_stay_bounded_when_closes_are_dropped() {
+        let buf = Buf::default();
+        let mut t = TerminalSink::new(Box::new(buf.clone()), false);
+        // as under --lossy-log when every close is dropped
+        let n = 3 * MAX_WORST as u64;
+        for id in 1..=n {
+            finding(&mut t, id, "bad-thing", Severity::Warning);
+        }
+        assert_eq!(t.worst.len(), MAX_WORST);
+        // the newest are kept, the oldest went first
+        let first_kept = n - MAX_WORST as u64 + 1;
+        assert_eq!(t.worst.keys().next(), Some(&ConnId(first_kept)));
+        assert!(!t.worst.contains_key(&ConnId(first_kept - 1)));
+
+        // a kept connection still gets its worst finding as its verdict
+        finding(&mut t, n, "worse-thing", Severity::Error);
+        finding(&mut t, n, "mild-thing", Severity::Info);
+        buf.0.lock().unwrap().clear();
+        close(&mut t, n);
+        t.flush().unwrap();
+        let s = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            s.contains(&format!("verdict: worse-thing: worse-thing on #{n}")),
+            "{s}"
+        );
+        assert!(!t.worst.contains_key(&ConnId(n)));
+        assert_eq!(t.worst.len(), MAX_WORST - 1);
+
+        // and one without findings is healthy
+        buf.0.lock().unwrap().clear();
+        close(&mut t, n + 1);
+        t.flush().unwrap();
+        let s = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(s.contains("verdict: healthy"), "{s}");
     }
 }

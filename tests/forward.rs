@@ -232,6 +232,24 @@ async fn no_intercept_hosts_are_tunnelled_untouched() {
     assert_eq!(closes(&evs)[0].reason, "tunnel-closed");
 }
 
+/// A tunnel still open when the grace period ends is closed and logged
+/// like any other connection (it used to be aborted without a close event).
+#[tokio::test]
+async fn a_tunnel_open_at_shutdown_gets_its_close() {
+    let up_ca = TestCa::new("upstream");
+    let echo = echo_server_tls(up_ca.server_config(&["127.0.0.1"]), EchoOptions::default()).await;
+    let s = forward_proxy(&up_ca, vec!["127.0.0.*".into()]).await;
+    let tunnel = connect(s.proxy.addr, echo).await;
+    let _tls = tls_over(tunnel, up_ca.client_config())
+        .await
+        .expect("the real certificate");
+    s.proxy.wait("the CONNECT", |e| !https(e).is_empty()).await;
+    let evs = s.proxy.stop().await;
+    let cl = closes(&evs);
+    assert_eq!(cl.len(), 1, "{}", dump(&evs));
+    assert_eq!(cl[0].reason, "shutdown");
+}
+
 #[tokio::test]
 async fn a_lowercase_connect_is_not_a_tunnel() {
     // methods are case-sensitive (RFC 9110 §9.1): `connect` is an unknown

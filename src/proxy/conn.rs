@@ -337,7 +337,15 @@ impl Conn {
                     if forward::intercepts(&self.shared, &req) {
                         return forward::intercept(self, req).await;
                     }
-                    break forward::tunnel(&mut self, req).await;
+                    // a tunnel lives outside any exchange: without this the
+                    // end of the grace period aborted it with no close event
+                    break tokio::select! {
+                        end = forward::tunnel(&mut self, req) => end,
+                        _ = stop.wait_for(|s| *s) => End::new(
+                            "shutdown",
+                            "wstap shut down while the CONNECT tunnel was open (the grace period ended)",
+                        ),
+                    };
                 }
             }
         };

@@ -3,8 +3,9 @@
 //! 101 to a WebSocket handshake hands both sockets to the relay. Every
 //! request goes through the same path, so any of them can be an upgrade.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -895,9 +896,7 @@ impl Conn {
             up_wr,
         };
         let (controls, inboxes) = relay::controls();
-        if let Ok(mut open) = shared.open.lock() {
-            open.insert(id, controls.clone());
-        }
+        let registered = Registered::new(&shared.open, id, controls.clone());
         let opts = RelayOptions {
             hard_stop: Some(shared.hard_stop.subscribe()),
             strict: shared.cfg.strict,
@@ -915,9 +914,7 @@ impl Conn {
             inboxes,
         )
         .await;
-        if let Ok(mut open) = shared.open.lock() {
-            open.remove(&id);
-        }
+        drop(registered);
         let ended = SystemTime::now();
         let ctx = EndContext {
             opened_at: opened,
@@ -956,6 +953,35 @@ enum ExchangeError {
     /// byte of answer. A timeout is not: the upstream may be working on
     /// the request.
     Upstream(UpstreamFailure, bool),
+}
+
+/// An open WebSocket's entry in the registry of control handles
+/// (`Shared::open`), removed however the relay ends: a panic in it, or the
+/// task aborted at the end of shutdown, would otherwise leave it behind.
+struct Registered<'a> {
+    open: &'a Mutex<HashMap<ConnId, relay::Controls>>,
+    id: ConnId,
+}
+
+impl<'a> Registered<'a> {
+    fn new(
+        open: &'a Mutex<HashMap<ConnId, relay::Controls>>,
+        id: ConnId,
+        controls: relay::Controls,
+    ) -> Self {
+        if let Ok(mut m) = open.lock() {
+            m.insert(id, controls);
+        }
+        Registered { open, id }
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.open.lock() {
+            m.remove(&self.id);
+        }
+    }
 }
 
 /// Reads response heads until a final one, passing 1xx interim responses
@@ -1048,4 +1074,26 @@ where
         b.map(|n| format!("{n} bytes"))
             .unwrap_or_else(|e| e.to_string())
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_websocket_leaves_the_registry_even_when_its_relay_panics() {
+        let open = Mutex::new(HashMap::new());
+        let (controls, _inboxes) = relay::controls();
+        let kept = Registered::new(&open, ConnId(1), controls.clone());
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _registered = Registered::new(&open, ConnId(2), controls.clone());
+            assert_eq!(open.lock().map(|m| m.len()).unwrap_or(0), 2);
+            panic!("a bug in the relay");
+        }));
+        assert!(r.is_err());
+        let ids: Vec<ConnId> = open.lock().unwrap().keys().copied().collect();
+        assert_eq!(ids, vec![ConnId(1)]);
+        drop(kept);
+        assert!(open.lock().unwrap().is_empty());
+    }
 }

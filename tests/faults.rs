@@ -176,11 +176,7 @@ async fn an_upstream_that_never_answers_the_handshake_gets_504_and_a_finding() {
         c.handshake_timeout = Duration::from_millis(300);
     })
     .await;
-    let mut c = within("connect", TcpStream::connect(proxy.addr))
-        .await
-        .unwrap();
-    send(&mut c, upgrade_request("/silent").as_bytes()).await;
-    let resp = String::from_utf8_lossy(&read_all(&mut c).await).into_owned();
+    let resp = answer_to(&proxy, &upgrade_request("/silent")).await;
     assert!(resp.starts_with("HTTP/1.1 504"), "{resp}");
     let evs = proxy.wait_closes(1).await;
     assert_eq!(only_close(&evs).reason, "upstream-failed");
@@ -199,6 +195,15 @@ async fn an_upstream_that_never_answers_the_handshake_gets_504_and_a_finding() {
         within("EOF from wstap", held.read(&mut buf)).await.unwrap(),
         0
     );
+}
+
+/// Sends `req` on a new connection through `proxy`; all it got back, as text.
+async fn answer_to(proxy: &TestProxy, req: &str) -> String {
+    let mut c = within("connect", TcpStream::connect(proxy.addr))
+        .await
+        .unwrap();
+    send(&mut c, req.as_bytes()).await;
+    String::from_utf8_lossy(&read_all(&mut c).await).into_owned()
 }
 
 /// An upgrade request that announces a body it never sends, to an
@@ -220,12 +225,8 @@ async fn an_upgrade_with_an_unsent_body_still_times_out() {
         c.header_timeout = Duration::from_secs(60);
     })
     .await;
-    let mut c = within("connect", TcpStream::connect(proxy.addr))
-        .await
-        .unwrap();
     let req = upgrade_request("/body").replace("\r\n\r\n", "\r\nContent-Length: 10\r\n\r\n");
-    send(&mut c, req.as_bytes()).await;
-    let resp = String::from_utf8_lossy(&read_all(&mut c).await).into_owned();
+    let resp = answer_to(&proxy, &req).await;
     assert!(resp.starts_with("HTTP/1.1 504"), "{resp}");
     let evs = proxy.wait_closes(1).await;
     assert_eq!(only_close(&evs).reason, "upstream-failed", "{}", dump(&evs));
@@ -250,12 +251,8 @@ async fn interim_answers_do_not_extend_the_handshake_timeout() {
         c.handshake_timeout = Duration::from_millis(500);
     })
     .await;
-    let mut c = within("connect", TcpStream::connect(proxy.addr))
-        .await
-        .unwrap();
     let started = std::time::Instant::now();
-    send(&mut c, upgrade_request("/interim").as_bytes()).await;
-    let resp = String::from_utf8_lossy(&read_all(&mut c).await).into_owned();
+    let resp = answer_to(&proxy, &upgrade_request("/interim")).await;
     // the interim answers went through, then the 504
     assert!(resp.starts_with("HTTP/1.1 100 Continue"), "{resp}");
     assert!(resp.contains("HTTP/1.1 504"), "{resp}");

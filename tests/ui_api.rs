@@ -291,18 +291,12 @@ async fn injects_behind_an_unfinished_message_are_bounded() {
     let p = UiProxy::start(&format!("ws://{echo}")).await;
     let (ws, id) = echo_conn(&p, "/stuck").await;
     let mut tcp = ws.into_inner();
-    let mut first = Vec::new();
-    encode_frame(
-        &mut first,
-        false,
-        false,
-        Opcode::Text,
-        Some([1, 2, 3, 4]),
-        b"ab",
-    );
-    within("the first fragment", tcp.write_all(&first))
-        .await
-        .unwrap();
+    async fn fragment(tcp: &mut tokio::net::TcpStream, fin: bool, op: Opcode, payload: &[u8]) {
+        let mut f = Vec::new();
+        encode_frame(&mut f, fin, false, op, Some([1, 2, 3, 4]), payload);
+        within("a fragment", tcp.write_all(&f)).await.unwrap();
+    }
+    fragment(&mut tcp, false, Opcode::Text, b"ab").await;
     wait_frames(&p, id, 1).await;
 
     const TRIES: usize = 40;
@@ -323,18 +317,7 @@ async fn injects_behind_an_unfinished_message_are_bounded() {
     );
 
     // the message ends: the ones accepted go out, in order, and come back
-    let mut last = Vec::new();
-    encode_frame(
-        &mut last,
-        true,
-        false,
-        Opcode::Continuation,
-        Some([5, 6, 7, 8]),
-        b"c",
-    );
-    within("the last fragment", tcp.write_all(&last))
-        .await
-        .unwrap();
+    fragment(&mut tcp, true, Opcode::Continuation, b"c").await;
     let mut seen = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     within("the injected frames' echoes", async {

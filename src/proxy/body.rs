@@ -20,7 +20,7 @@ pub enum BodyError {
     Framing(#[from] FramingError),
     #[error("the body ended after {got} bytes; {expected} were announced")]
     Truncated { expected: String, got: u64 },
-    #[error("no body bytes for {after:?} after {got}")]
+    #[error("no more of the body for {after:?} ({got} bytes had come)")]
     Stalled { after: Duration, got: u64 },
 }
 

@@ -195,6 +195,7 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
                 // `readable()` would queue a waiter under a lock
                 std::future::poll_fn(|cx| match self.io.tcp() {
                     Some(tcp) => tcp.poll_read_ready(cx),
+                    // not reached: a side's socket does not change
                     None => std::task::Poll::Ready(Ok(())),
                 })
                 .await?;

@@ -288,7 +288,10 @@ async fn a_stalled_request_body_gets_408() {
     let resp = read_all(&mut s).await;
     let text = String::from_utf8_lossy(&resp);
     assert_eq!(status_of(&resp), Some(408), "{text}");
-    assert!(text.contains("no more of the body for 300ms (1 bytes had come)"), "{text}");
+    assert!(
+        text.contains("no more of the body for 300ms (1 bytes had come)"),
+        "{text}"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
     let evs = proxy.wait_closes(1).await;
     assert_eq!(closes(&evs)[0].reason, "bad-request", "{}", dump(&evs));

@@ -103,6 +103,59 @@ async fn json_log_is_on_disk_while_running_and_complete_at_sigterm() {
     assert!(evs.iter().skip(1).all(|e| e.conn.is_some()));
 }
 
+/// A second start with the same command line fails on the taken port and
+/// leaves the running instance's files alone (it used to truncate the log
+/// and replace the HAR before it tried to bind).
+#[tokio::test]
+async fn a_start_that_cannot_bind_leaves_the_outputs_alone() {
+    let echo = echo_server(EchoOptions::default()).await;
+    let upstream = format!("ws://{echo}");
+    let dir = tempfile::tempdir().unwrap();
+    let har = dir.path().join("capture.har");
+    let (proxy, log) =
+        BinProxy::reverse_with_log(&upstream, &["--quiet", "--har", har.to_str().unwrap()]).await;
+    let mut before = String::new();
+    for _ in 0..100 {
+        before = std::fs::read_to_string(&log).unwrap_or_default();
+        if before.contains("\"listening\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(before.contains("\"listening\""), "{before:?}");
+    let har_before = std::fs::read(&har).unwrap();
+
+    let addr = proxy.addr.to_string();
+    let second = within(
+        "the second start",
+        tokio::process::Command::new(bin_path())
+            .args([
+                "proxy",
+                "--listen",
+                &addr,
+                "--upstream",
+                &upstream,
+                "--quiet",
+            ])
+            .args([
+                "--json",
+                log.to_str().unwrap(),
+                "--har",
+                har.to_str().unwrap(),
+            ])
+            .output(),
+    )
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{err}");
+    assert!(err.contains("in use"), "{err}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), before);
+    assert_eq!(std::fs::read(&har).unwrap(), har_before);
+    let (status, stderr) = proxy.terminate().await;
+    assert!(status.success(), "{stderr}");
+}
+
 #[tokio::test]
 async fn json_to_stdout_and_quiet_stderr() {
     let echo = echo_server(EchoOptions::default()).await;

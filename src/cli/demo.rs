@@ -62,6 +62,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let running = start(ProxyRun {
         config,
         sinks,
+        files: Vec::new(),
         trust: TrustOptions::default(),
         outputs: Default::default(),
         ui: None,

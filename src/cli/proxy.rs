@@ -171,11 +171,35 @@ pub fn parse_listen(s: &str) -> anyhow::Result<SocketAddr> {
 pub struct ProxyRun {
     pub config: ProxyConfig,
     pub sinks: Vec<Box<dyn Sink>>,
+    /// Output files, created only once the listeners are bound: a start
+    /// that fails (the port is taken) must not truncate the files of an
+    /// instance already running with the same command line.
+    pub files: Vec<FileOutput>,
     pub trust: TrustOptions,
     /// `--lossy-log` and `--show-secrets`.
     pub outputs: Outputs,
     /// `--ui`: where to serve the live view, and its store (already a sink).
     pub ui: Option<UiPlan>,
+}
+
+/// An output file, not yet created.
+pub enum FileOutput {
+    Json(PathBuf),
+    Har(PathBuf, HarOptions),
+}
+
+impl FileOutput {
+    fn create(self) -> anyhow::Result<Box<dyn Sink>> {
+        Ok(match self {
+            FileOutput::Json(path) => Box::new(
+                NdjsonSink::create(&path).with_context(|| format!("--json {}", path.display()))?,
+            ),
+            FileOutput::Har(path, opts) => Box::new(
+                HarSink::create(&path, opts)
+                    .with_context(|| format!("--har {}", path.display()))?,
+            ),
+        })
+    }
 }
 
 /// How events reach the outputs.
@@ -347,19 +371,16 @@ pub fn validate(args: ProxyArgs, matches: Option<&ArgMatches>) -> anyhow::Result
     if !args.quiet {
         sinks.push(Box::new(TerminalSink::stderr()));
     }
+    let mut files = Vec::new();
     if let Some(path) = &args.json {
-        let sink =
-            NdjsonSink::create(path).with_context(|| format!("--json {}", path.display()))?;
-        sinks.push(Box::new(sink));
+        files.push(FileOutput::Json(path.clone()));
     }
     if let Some(path) = &args.har {
         let opts = HarOptions {
             client_tls: config.listener_tls.is_some(),
             ..HarOptions::new(args.har_max_payload)
         };
-        let sink =
-            HarSink::create(path, opts).with_context(|| format!("--har {}", path.display()))?;
-        sinks.push(Box::new(sink));
+        files.push(FileOutput::Har(path.clone(), opts));
         // the taps attach each frame's payload to its event for the HAR
         config.capture = har::capture_for(args.har_max_payload);
     }
@@ -368,6 +389,7 @@ pub fn validate(args: ProxyArgs, matches: Option<&ArgMatches>) -> anyhow::Result
         None => None,
     };
     Ok(ProxyRun {
+        files,
         outputs: Outputs {
             lossy: args.lossy_log,
             show_secrets: args.show_secrets,
@@ -406,8 +428,6 @@ pub async fn start(run: ProxyRun) -> anyhow::Result<Running> {
     let opts = DispatchOptions {
         redact: !run.outputs.show_secrets,
     };
-    let dispatcher =
-        spawn_dispatcher_with(rx, run.sinks, opts).context("starting the output thread")?;
     let tls = client_config(&run.trust).context("--upstream-ca")?;
     let upstream = run.config.mode.label();
     let served = if run.config.listener_tls.is_some() {
@@ -440,15 +460,25 @@ pub async fn start(run: ProxyRun) -> anyhow::Result<Running> {
         );
     }
     let allow = run.config.allow.clone();
+    // the `listening` event waits in the queue until the outputs are open
     let proxy = Proxy::bind(run.config, tls, tx).await?;
+    let ui_listener = match &run.ui {
+        Some(plan) => Some(ui::bind(plan.addr, plan.allow_remote).await?),
+        None => None,
+    };
+    let mut sinks = run.sinks;
+    for f in run.files {
+        sinks.push(f.create()?);
+    }
+    let dispatcher =
+        spawn_dispatcher_with(rx, sinks, opts).context("starting the output thread")?;
     let addr = proxy.local_addr();
     eprintln!("wstap: listening on {addr}{served} -> {upstream}");
     if let Some(w) = crate::proxy::allow::exposure_warning(addr, &allow) {
         eprintln!("wstap: {w}");
     }
-    let live = match run.ui {
-        Some(plan) => {
-            let listener = ui::bind(plan.addr, plan.allow_remote).await?;
+    let live = match run.ui.zip(ui_listener) {
+        Some((plan, listener)) => {
             let view = ui::LiveView::start(listener, plan.store, &proxy.shared());
             if !view.addr().ip().is_loopback() {
                 eprintln!("wstap: warning: the live view listens beyond loopback (--ui-allow-remote): whoever reaches it reads the traffic and can inject frames");

@@ -198,13 +198,26 @@ async fn relay_threads_serve_connections_in_full() {
     let upstream = format!("ws://{echo}");
     let (proxy, log) = BinProxy::reverse_with_log(&upstream, &["--quiet", "--threads", "3"]).await;
     let pid = proxy.child.id().expect("pid");
-    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("/proc")
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|s| s.trim().to_owned())
-        .filter(|s| s.starts_with("wstap-relay"))
-        .collect();
-    names.sort();
+    let relay_threads = || {
+        let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("/proc")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|s| s.trim().to_owned())
+            .filter(|s| s.starts_with("wstap-relay"))
+            .collect();
+        names.sort();
+        names
+    };
+    // a thread takes its name once it first runs, which on a loaded
+    // machine can be after the listening line
+    let mut names = relay_threads();
+    for _ in 0..100 {
+        if names.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        names = relay_threads();
+    }
     assert_eq!(names, ["wstap-relay-0", "wstap-relay-1", "wstap-relay-2"]);
 
     let mut clients = Vec::new();

@@ -103,6 +103,27 @@ async fn json_log_is_on_disk_while_running_and_complete_at_sigterm() {
     assert!(evs.iter().skip(1).all(|e| e.conn.is_some()));
 }
 
+/// A verdict does not change when the reader of stdout has left (`| head`):
+/// under `set -o pipefail` a diff that found nothing must still fail (a
+/// closed stdout used to turn every exit code into 0).
+#[test]
+fn a_closed_stdout_keeps_the_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let e = empty.to_str().unwrap();
+    let mut child = std::process::Command::new(bin_path())
+        .args(["diff", e, e])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // the reader leaves before wstap writes its report
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+}
+
 /// A second start with the same command line fails on the taken port and
 /// leaves the running instance's files alone (it used to truncate the log
 /// and replace the HAR before it tried to bind).

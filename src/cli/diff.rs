@@ -3,7 +3,6 @@
 //! `--json`). Exit 0 when it found pairs, 1 when none, 2 on usage or I/O
 //! errors.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -42,26 +41,26 @@ pub async fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        // serialized first, so a closed stdout is an io::Error (a clean
-        // exit for `| head`), not a serde error
-        let text = serde_json::to_string_pretty(&d).context("serializing the report")?;
-        writeln!(out, "{text}")?;
+    let code = if d.pairs.is_empty() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    };
+    let text = if args.json {
+        // serialized first, so a closed stdout is an io::Error, not a
+        // serde error
+        let mut t = serde_json::to_string_pretty(&d).context("serializing the report")?;
+        t.push('\n');
+        t
     } else {
         let title = format!(
             "wstap diff {} {}",
             args.front.display(),
             args.back.display()
         );
-        out.write_all(render(&title, &d).as_bytes())?;
-    }
-    out.flush()?;
-    Ok(if d.pairs.is_empty() {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+        render(&title, &d)
+    };
+    super::print_report(&text, code)
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {

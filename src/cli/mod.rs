@@ -95,6 +95,19 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Prints a subcommand's report and returns its exit code. A reader that
+/// left (`| head`) does not change the verdict: a failed check piped to
+/// `head` must still exit 1 under `set -o pipefail`.
+fn print_report(text: &str, code: ExitCode) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(code),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(code),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()

@@ -847,3 +847,122 @@ async fn an_unanswered_close_fails_the_websocket_layer_even_after_the_idle_hold(
     );
     assert_eq!(r["idle"]["cut"], false);
 }
+
+// ---- bounds -------------------------------------------------------------
+
+/// `wstap check ARGS` that is killed if it outlives `limit`: its exit code
+/// (None when killed), how long it ran, stdout and stderr.
+async fn check_bounded(args: &[&str], limit: Duration) -> (Option<i32>, Duration, String, String) {
+    let started = std::time::Instant::now();
+    let child = tokio::process::Command::new(bin_path())
+        .arg("check")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run wstap");
+    match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(out) => {
+            let out = out.expect("wstap check ran");
+            (
+                out.status.code(),
+                started.elapsed(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+        // dropping the future kills the child
+        Err(_) => (None, started.elapsed(), String::new(), String::new()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_flooding_pings_without_reading_cannot_outlast_the_timeout() {
+    // a correct 101, then 125-byte pings as fast as the socket takes
+    // them, never reading: wstap's pongs fill the buffers
+    let up = scripted_upstream(|mut s| async move {
+        let head = String::from_utf8_lossy(&read_head(&mut s).await).into_owned();
+        let key = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .unwrap_or_default()
+            .to_string();
+        let res = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            wstap::proto::handshake::accept_key(&key)
+        );
+        send(&mut s, res.as_bytes()).await;
+        let mut ping = vec![0x89, 125];
+        ping.extend_from_slice(&[b'p'; 125]);
+        let burst = ping.repeat(64);
+        let until = tokio::time::Instant::now() + Duration::from_secs(15);
+        while tokio::time::Instant::now() < until {
+            let w = tokio::io::AsyncWriteExt::write_all(&mut s, &burst);
+            match tokio::time::timeout_at(until, w).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+        }
+    })
+    .await;
+    let (code, took, out, err) = check_bounded(
+        &[&format!("ws://{up}/"), "--timeout", "1s", "--json"],
+        Duration::from_secs(8),
+    )
+    .await;
+    assert_eq!(code, Some(1), "ran {took:?}\n{out}\n{err}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let r: Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}):\n{out}\n{err}"));
+    assert_eq!(r["failed"], "websocket", "{r:#}");
+    assert_eq!(layer(&r, "http-upgrade")["ok"], true);
+    assert_eq!(detail(&r, "websocket"), "no pong within 1s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_durations_are_usage_errors_not_panics() {
+    for flag in ["--timeout", "--idle"] {
+        let (_, err) = check(&["ws://127.0.0.1:1/", flag, "18446744073709551615s"], 2).await;
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(err.contains(flag), "{err}");
+        assert!(err.contains("at most 365 days"), "{err}");
+        let (_, err) = check(&["ws://127.0.0.1:1/", flag, "366days"], 2).await;
+        assert!(err.contains("at most 365 days"), "{err}");
+    }
+    // a year is still taken (nothing listens on port 1: exit 1)
+    let r = check_json(&["ws://127.0.0.1:1/", "--timeout", "365days"], 1).await;
+    assert_eq!(r["failed"], "tcp", "{r:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origins_and_subprotocols_that_would_break_the_request_are_refused() {
+    let (out, err) = check(
+        &["ws://127.0.0.1:1/", "--origin", "http://a\r\nX-Injected: 1"],
+        2,
+    )
+    .await;
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("--origin"), "{err}");
+    assert!(err.contains("not a valid header value"), "{err}");
+    for bad in ["a b", "chat/1", "x\r\nX-Injected: 1"] {
+        let (out, err) = check(&["ws://127.0.0.1:1/", "--subprotocol", bad], 2).await;
+        assert!(out.is_empty(), "{out}");
+        assert!(err.contains("--subprotocol"), "{bad:?}: {err}");
+        assert!(err.contains("expected a token"), "{bad:?}: {err}");
+    }
+    // comma-separated offers and a normal Origin still run (nothing
+    // listens on port 1: exit 1 at tcp)
+    let r = check_json(
+        &[
+            "ws://127.0.0.1:1/",
+            "--origin",
+            "https://app.example.com",
+            "--subprotocol",
+            "chat, v2.json",
+        ],
+        1,
+    )
+    .await;
+    assert_eq!(r["failed"], "tcp", "{r:#}");
+}

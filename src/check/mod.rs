@@ -60,6 +60,12 @@ pub enum CheckError {
     Header(String),
     #[error("--timeout must be more than zero")]
     ZeroTimeout,
+    #[error("{0} must be at most 365 days")]
+    TooLong(&'static str),
+    #[error("origin {0:?}: not a valid header value (no line breaks or control characters)")]
+    Origin(String),
+    #[error("subprotocol {0:?}: expected a token (RFC 6455 §4.1): letters, digits and !#$%&'*+-.^_`|~, no spaces or separators")]
+    Subprotocol(String),
     #[error(transparent)]
     Tls(#[from] TlsError),
 }
@@ -126,18 +132,43 @@ impl Target {
     }
 }
 
+/// The longest `--timeout` or `--idle` a check takes: anything longer is a
+/// typo, and `Instant + d` panics for absurd values.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// An RFC 9110 §5.6.2 token (a header name, a subprotocol).
+fn is_token(s: &str) -> bool {
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    !s.is_empty() && s.chars().all(tchar)
+}
+
 /// Parses `Name: value` (a `--header` argument).
 pub fn parse_header(s: &str) -> Result<(String, String), CheckError> {
     let bad = || CheckError::Header(s.to_string());
     let (name, value) = s.split_once(':').ok_or_else(bad)?;
     let name = name.trim();
     let value = value.trim();
-    // RFC 9110 §5.6.2 token characters
-    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-    if name.is_empty() || !name.chars().all(token) || value.contains(['\r', '\n', '\0']) {
+    if !is_token(name) || value.contains(['\r', '\n', '\0']) {
         return Err(bad());
     }
     Ok((name.to_string(), value.to_string()))
+}
+
+/// Checks an `--origin`: it goes on the wire as a header value, so no line
+/// breaks or other control characters (a tab aside, RFC 9110 §5.5).
+pub fn check_origin(s: &str) -> Result<(), CheckError> {
+    if s.chars().any(|c| c.is_ascii_control() && c != '\t') {
+        return Err(CheckError::Origin(s.to_string()));
+    }
+    Ok(())
+}
+
+/// Checks a `--subprotocol`: RFC 6455 §4.1 requires a token.
+pub fn check_subprotocol(s: &str) -> Result<(), CheckError> {
+    if !is_token(s) {
+        return Err(CheckError::Subprotocol(s.to_string()));
+    }
+    Ok(())
 }
 
 /// The layers, in the order they are walked.
@@ -360,6 +391,18 @@ pub async fn run(opts: &CheckOptions) -> Result<Report, CheckError> {
     if opts.timeout.is_zero() {
         return Err(CheckError::ZeroTimeout);
     }
+    if opts.timeout > MAX_DURATION {
+        return Err(CheckError::TooLong("--timeout"));
+    }
+    if opts.idle.is_some_and(|d| d > MAX_DURATION) {
+        return Err(CheckError::TooLong("--idle"));
+    }
+    if let Some(o) = &opts.origin {
+        check_origin(o)?;
+    }
+    for p in &opts.subprotocols {
+        check_subprotocol(p)?;
+    }
     let target = Target::parse(&opts.url)?;
     let recorder = Recorder::new(server_verifier(&opts.trust)?);
     let connector = Connector {
@@ -546,6 +589,20 @@ mod tests {
             "Ünï: x",
         ] {
             assert!(parse_header(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn origins_and_subprotocols() {
+        check_origin("https://app.example.com").unwrap();
+        check_origin("null").unwrap();
+        for bad in ["http://a\r\nX-Injected: 1", "http://a\n", "a\0b", "a\x7fb"] {
+            assert!(check_origin(bad).is_err(), "{bad:?}");
+        }
+        check_subprotocol("graphql-transport-ws").unwrap();
+        check_subprotocol("v1.chat").unwrap();
+        for bad in ["", "a b", "a/b", "a\r\nX: 1", "chät", "a;b"] {
+            assert!(check_subprotocol(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -113,6 +113,14 @@ impl Ended {
             Ended::Timeout => "nothing arrived".into(),
         }
     }
+
+    /// Why a write failed, as the I/O error said it.
+    fn cause(&self) -> String {
+        match self {
+            Ended::Broken(e) => e.clone(),
+            e => e.words(),
+        }
+    }
 }
 
 /// The open WebSocket, from the client's side.
@@ -128,15 +136,30 @@ struct Conn {
 }
 
 impl Conn {
-    async fn send(&mut self, opcode: Opcode, payload: &[u8]) -> std::io::Result<()> {
+    async fn send(
+        &mut self,
+        opcode: Opcode,
+        payload: &[u8],
+        deadline: Instant,
+    ) -> Result<(), Ended> {
         let f = inject::frame(Dir::ClientToServer, opcode, payload, random_mask(), 0);
-        self.write(&f.wire).await
+        self.write(&f.wire, deadline).await
     }
 
-    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    /// Writes by `deadline`, as reads are bounded: a server that sends
+    /// without reading fills the socket buffers and would block a write
+    /// for ever. An expired write is [`Ended::Timeout`], as a read is.
+    async fn write(&mut self, bytes: &[u8], deadline: Instant) -> Result<(), Ended> {
         let w = self.io.get_mut();
-        w.write_all(bytes).await?;
-        w.flush().await?;
+        let written = async {
+            w.write_all(bytes).await?;
+            w.flush().await
+        };
+        match tokio::time::timeout_at(deadline.into(), written).await {
+            Err(_) => return Err(Ended::Timeout),
+            Ok(Err(e)) => return Err(Ended::Broken(e.to_string())),
+            Ok(Ok(())) => {}
+        }
         self.last_frame = Instant::now();
         Ok(())
     }
@@ -172,9 +195,7 @@ impl Conn {
                 self.last_frame = Instant::now();
                 if f.opcode == Opcode::Ping {
                     let payload = f.payload.clone().unwrap_or_default();
-                    self.send(Opcode::Pong, &payload)
-                        .await
-                        .map_err(|e| Ended::Broken(e.to_string()))?;
+                    self.send(Opcode::Pong, &payload, deadline).await?;
                     self.pings_answered += 1;
                     continue;
                 }
@@ -289,9 +310,21 @@ pub(super) async fn walk_websocket(
         w.write_all(&req.to_bytes()).await?;
         w.flush().await
     };
-    if let Err(e) = written.await {
-        walk.fail("http-upgrade", dropped(e.to_string()), started);
-        return;
+    // bounded as the answer is: a peer that never reads must not hang the check
+    match tokio::time::timeout_at((started + opts.timeout).into(), written).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            walk.fail("http-upgrade", dropped(e.to_string()), started);
+            return;
+        }
+        Err(_) => {
+            let f = UpstreamFailure::NoResponse {
+                addr: addr.clone(),
+                after: opts.timeout,
+            };
+            walk.fail("http-upgrade", Failed::from(&f), started);
+            return;
+        }
     }
     let res = match io.read_head_within(parse_response_head, opts.timeout).await {
         Ok(Some((head, _))) => head,
@@ -498,10 +531,12 @@ async fn exchange(conn: &mut Conn, opts: &CheckOptions, out: &mut WsOutcome) -> 
         m[0], m[1], m[2], m[3]
     );
     let sent_at = Instant::now();
-    conn.send(Opcode::Ping, token.as_bytes())
-        .await
-        .map_err(|e| gone("sending a ping", &e.to_string()))?;
     let deadline = sent_at + opts.timeout;
+    match conn.send(Opcode::Ping, token.as_bytes(), deadline).await {
+        Ok(()) => {}
+        Err(Ended::Timeout) => return Err(no_pong(opts.timeout)),
+        Err(e) => return Err(gone("sending a ping", &e.cause())),
+    }
     loop {
         match conn.next(deadline).await {
             Ok(f) if f.opcode == Opcode::Pong => {
@@ -512,34 +547,38 @@ async fn exchange(conn: &mut Conn, opts: &CheckOptions, out: &mut WsOutcome) -> 
                 // an unsolicited pong (RFC 6455 §5.5.3): keep waiting
             }
             Ok(f) if f.opcode == Opcode::Close => {
-                answer_close(conn, &f).await;
+                answer_close(conn, &f, deadline).await;
                 return Err(Failed::new(
-                    format!("the server closed with {} instead of answering the ping", describe_close(&f)),
-                    format!("{} Check the server's logs for why it closes new connections.", close_code::meaning(f.close_code.unwrap_or(1005))),
+                    format!(
+                        "the server closed with {} instead of answering the ping",
+                        describe_close(&f)
+                    ),
+                    format!(
+                        "{} Check the server's logs for why it closes new connections.",
+                        close_code::meaning(f.close_code.unwrap_or(1005))
+                    ),
                 ));
             }
             Ok(f) => out.note_unsolicited(&f),
-            Err(Ended::Timeout) => {
-                return Err(Failed::new(
-                    format!("no pong within {}", human(opts.timeout)),
-                    "RFC 6455 §5.5.2 requires a pong for every ping. A server (or a hop) that buffers or drops control frames cannot be kept alive with pings; check the server's WebSocket library and any hop in between.",
-                ))
-            }
+            Err(Ended::Timeout) => return Err(no_pong(opts.timeout)),
             Err(e) => return Err(gone("waiting for the pong", &e.words())),
         }
     }
     if let Some(text) = &opts.send {
         out.sent = Some(text.clone());
         let sent_at = Instant::now();
-        conn.send(Opcode::Text, text.as_bytes())
-            .await
-            .map_err(|e| gone("sending the message", &e.to_string()))?;
         let deadline = sent_at + opts.timeout;
+        match conn.send(Opcode::Text, text.as_bytes(), deadline).await {
+            Ok(()) => {}
+            // as when nothing came back in time: reported without a reply
+            Err(Ended::Timeout) => return Ok(()),
+            Err(e) => return Err(gone("sending the message", &e.cause())),
+        }
         let mut message: Option<(bool, Vec<u8>)> = None;
         loop {
             match conn.next(deadline).await {
                 Ok(f) if f.opcode == Opcode::Close => {
-                    answer_close(conn, &f).await;
+                    answer_close(conn, &f, deadline).await;
                     return Err(Failed::new(
                         format!("the server closed with {} after the message", describe_close(&f)),
                         format!("{} The server rejected what was sent: check what it expects (format, authentication first, a subprotocol).", close_code::meaning(f.close_code.unwrap_or(1005))),
@@ -579,6 +618,13 @@ async fn exchange(conn: &mut Conn, opts: &CheckOptions, out: &mut WsOutcome) -> 
     Ok(())
 }
 
+fn no_pong(timeout: Duration) -> Failed {
+    Failed::new(
+        format!("no pong within {}", human(timeout)),
+        "RFC 6455 §5.5.2 requires a pong for every ping. A server (or a hop) that buffers or drops control frames cannot be kept alive with pings; check the server's WebSocket library and any hop in between.",
+    )
+}
+
 fn gone(when: &str, how: &str) -> Failed {
     Failed::new(
         format!("the connection ended while {when}: {how}"),
@@ -586,13 +632,14 @@ fn gone(when: &str, how: &str) -> Failed {
     )
 }
 
-/// Answers a server's close frame (RFC 6455 §5.5.1) with its code.
-async fn answer_close(conn: &mut Conn, f: &FrameEvent) {
+/// Answers a server's close frame (RFC 6455 §5.5.1) with its code, by
+/// `deadline`.
+async fn answer_close(conn: &mut Conn, f: &FrameEvent, deadline: Instant) {
     let payload = f
         .close_code
         .map(|c| c.to_be_bytes().to_vec())
         .unwrap_or_default();
-    let _ = conn.send(Opcode::Close, &payload).await;
+    let _ = conn.send(Opcode::Close, &payload, deadline).await;
 }
 
 /// Holds the connection silent for `idle`; returns what happened and, when
@@ -609,7 +656,7 @@ async fn hold_idle(
             Ok(f) if f.opcode == Opcode::Close => {
                 // the silence ended with the close frame, not our answer
                 let silence = conn.last_frame.duration_since(conn.prev_frame);
-                answer_close(conn, &f).await;
+                answer_close(conn, &f, until).await;
                 break (
                     Some(format!("the server closed with {}", describe_close(&f))),
                     silence,
@@ -679,10 +726,12 @@ async fn close(conn: &mut Conn, timeout: Duration, out: &mut WsOutcome) -> Resul
         random_mask(),
         0,
     );
-    conn.write(&sent.wire)
-        .await
-        .map_err(|e| gone("sending the close frame", &e.to_string()))?;
     let deadline = Instant::now() + timeout;
+    match conn.write(&sent.wire, deadline).await {
+        Ok(()) => {}
+        Err(Ended::Timeout) => return Err(unanswered_close(timeout)),
+        Err(e) => return Err(gone("sending the close frame", &e.cause())),
+    }
     loop {
         match conn.next(deadline).await {
             Ok(f) if f.opcode == Opcode::Close => {
@@ -693,16 +742,11 @@ async fn close(conn: &mut Conn, timeout: Duration, out: &mut WsOutcome) -> Resul
                 // the server closes TCP first (RFC 6455 §7.1.1); give it a moment
                 let grace = Instant::now() + timeout.min(Duration::from_secs(1));
                 while conn.next(grace).await.is_ok() {}
-                let _ = conn.io.get_mut().shutdown().await;
+                let _ = tokio::time::timeout_at(grace.into(), conn.io.get_mut().shutdown()).await;
                 return Ok(());
             }
             Ok(_) => {}
-            Err(Ended::Timeout) => {
-                return Err(Failed::new(
-                    format!("the server did not answer the close frame within {}", human(timeout)),
-                    "RFC 6455 §5.5.1: an endpoint answers a close frame with one. Clients wait, then report 1006 instead of the close code; check the server's WebSocket library.",
-                ))
-            }
+            Err(Ended::Timeout) => return Err(unanswered_close(timeout)),
             Err(e) => {
                 return Err(Failed::new(
                     format!("the close frame was not answered: {}", e.words()),
@@ -711,6 +755,13 @@ async fn close(conn: &mut Conn, timeout: Duration, out: &mut WsOutcome) -> Resul
             }
         }
     }
+}
+
+fn unanswered_close(timeout: Duration) -> Failed {
+    Failed::new(
+        format!("the server did not answer the close frame within {}", human(timeout)),
+        "RFC 6455 §5.5.1: an endpoint answers a close frame with one. Clients wait, then report 1006 instead of the close code; check the server's WebSocket library.",
+    )
 }
 
 fn describe_ws(out: &WsOutcome, pings_answered: u32) -> String {

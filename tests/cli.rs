@@ -348,6 +348,21 @@ fn usage_errors_exit_2_with_a_reason() {
         Some(2),
     );
     assert!(err.contains("--threads"), "{err}");
+    // a duration no deadline can hold (it panicked on every connection)
+    let (_, _, err) = run_bin(
+        &[
+            "proxy",
+            "--upstream",
+            "ws://127.0.0.1:1",
+            "--connect-timeout",
+            "18446744073709551615s",
+        ],
+        Some(2),
+    );
+    assert!(
+        err.contains("--connect-timeout") && err.contains("at most 365 days"),
+        "{err}"
+    );
     let (_, out, _) = run_bin(&["proxy", "--help"], Some(0));
     assert!(
         out.contains("[default: 127.0.0.1:9000]"),

@@ -20,11 +20,11 @@ pub struct CheckArgs {
     pub url: String,
     /// How long each layer may take (resolving, connecting, the TLS
     /// handshake, the response, the pong, the reply, the close).
-    #[arg(long, default_value = "10s", value_parser = duration, value_name = "DURATION")]
+    #[arg(long, default_value = "10s", value_parser = super::duration, value_name = "DURATION")]
     pub timeout: Duration,
     /// Hold the open WebSocket silent this long and report whether and
     /// when something cut it.
-    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    #[arg(long, value_parser = super::duration, value_name = "DURATION")]
     pub idle: Option<Duration>,
     /// Print one JSON object instead of the checklist.
     #[arg(long)]
@@ -49,16 +49,6 @@ pub struct CheckArgs {
     /// (repeatable).
     #[arg(long, value_name = "FILE")]
     pub ca: Vec<PathBuf>,
-}
-
-/// A `--timeout` or `--idle`: a humantime duration of at most
-/// [`check::MAX_DURATION`] (longer is a typo, and would overflow a deadline).
-fn duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
-    if d > check::MAX_DURATION {
-        return Err("too long: a check waits at most 365 days".into());
-    }
-    Ok(d)
 }
 
 pub fn validate(args: CheckArgs) -> anyhow::Result<(CheckOptions, bool)> {

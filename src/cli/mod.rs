@@ -95,6 +95,16 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// A duration flag: humantime, at most [`check::MAX_DURATION`] (365 days;
+/// longer is a typo, and would overflow a deadline: `Instant + d` panics).
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d > crate::check::MAX_DURATION {
+        return Err("too long: at most 365 days".into());
+    }
+    Ok(d)
+}
+
 /// Prints a subcommand's report and returns its exit code. A reader that
 /// left (`| head`) does not change the verdict: a failed check piped to
 /// `head` must still exit 1 under `set -o pipefail`.

@@ -84,18 +84,18 @@ pub struct ProxyArgs {
     #[arg(long, default_value_t = 256, value_name = "BYTES")]
     pub max_preview: usize,
     /// How long connecting to the upstream (DNS, TCP, TLS) may take.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "10s", value_parser = super::duration, value_name = "DURATION")]
     pub connect_timeout: Duration,
     /// How long a client may take to send its request head (and the
     /// longest pause allowed inside its request body).
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "30s", value_parser = super::duration, value_name = "DURATION")]
     pub header_timeout: Duration,
     /// How long the upstream may take to answer an upgrade request.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "10s", value_parser = super::duration, value_name = "DURATION")]
     pub handshake_timeout: Duration,
     /// An idle limit you suspect on a hop (repeatable); silences of that
     /// length before a drop are named, besides the well-known 60 s, 100 s, 3600 s.
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = super::duration, value_name = "DURATION")]
     pub expect_idle_timeout: Vec<Duration>,
     /// Replace a request header before it goes upstream: 'Name: value'
     /// (repeatable; rules apply in command-line order). Values may use
@@ -125,14 +125,14 @@ pub struct ProxyArgs {
     pub simulate: Option<String>,
     /// Cut a WebSocket after this long without traffic either way, as a
     /// load balancer does (no close frame: the client sees 1006).
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = super::duration, value_name = "DURATION")]
     pub idle_timeout: Option<Duration>,
     /// Close a connection with 1002 on a protocol violation instead of
     /// reporting it and relaying on.
     #[arg(long)]
     pub strict: bool,
     /// How long open connections get to finish at shutdown.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "5s", value_parser = super::duration, value_name = "DURATION")]
     pub grace: Duration,
     /// Serve TLS (wss://, https://) on the listener with this certificate chain (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_key")]

@@ -33,32 +33,119 @@ pub struct Tapped {
 #[derive(Debug, Clone, Default)]
 pub struct Log {
     pub handshakes: Vec<Tapped>,
-    /// Lines that are not JSON events (or not a readable handshake).
+    /// Lines that are not JSON events (or not a readable handshake, or
+    /// longer than [`MAX_LINE`]).
     pub unparsable: usize,
+}
+
+/// The longest line `read_log` looks at, in bytes (without its newline).
+/// wstap never writes one near this (heads are capped at 64 KiB and 128
+/// headers); a longer line is skipped unread, so one huge line (or
+/// `/dev/zero`) cannot take the memory.
+pub const MAX_LINE: usize = 16 << 20;
+
+/// One line from [`next_line`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    /// The line is in the buffer, without its `\n` (or `\r\n`).
+    Read,
+    /// Longer than the cap: passed over up to its `\n`, the buffer empty.
+    TooLong,
+    /// The end of the input.
+    End,
+}
+
+/// Reads the next line into `buf` (cleared first), keeping at most `cap`
+/// bytes of it: the rest of a longer line is consumed up to its `\n` and
+/// dropped, so memory stays within `cap` whatever the input.
+fn next_line(r: &mut impl BufRead, buf: &mut Vec<u8>, cap: usize) -> std::io::Result<Line> {
+    buf.clear();
+    // one byte over the cap is kept for the `\r` of a `\r\n`
+    let keep = cap.saturating_add(1);
+    let mut too_long = false;
+    let mut any = false;
+    let mut newline = false;
+    loop {
+        let chunk = match r.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            break;
+        }
+        any = true;
+        let (content, used) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                newline = true;
+                (&chunk[..i], i + 1)
+            }
+            None => (chunk, chunk.len()),
+        };
+        if !too_long {
+            if content.len() > keep - buf.len() {
+                too_long = true;
+                buf.clear();
+            } else {
+                buf.extend_from_slice(content);
+            }
+        }
+        r.consume(used);
+        if newline {
+            break;
+        }
+    }
+    if !any {
+        return Ok(Line::End);
+    }
+    if newline && buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+    if too_long || buf.len() > cap {
+        buf.clear();
+        return Ok(Line::TooLong);
+    }
+    Ok(Line::Read)
 }
 
 /// Reads an NDJSON event log. Unparsable lines are counted, never fatal;
 /// events other than handshakes are passed over, known or not.
 pub fn read_log(r: impl BufRead) -> std::io::Result<Log> {
+    read_log_capped(r, MAX_LINE)
+}
+
+/// [`read_log`] with lines longer than `cap` bytes skipped and counted.
+fn read_log_capped(mut r: impl BufRead, cap: usize) -> std::io::Result<Log> {
     let mut log = Log::default();
-    for (n, line) in r.lines().enumerate() {
-        let line = match line {
-            Ok(l) => l,
-            // a line that is not UTF-8 is a damaged line, not a damaged file
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                tracing::debug!(line = n + 1, "skipped: not UTF-8");
+    let mut buf = Vec::new();
+    let mut n = 0usize;
+    loop {
+        n += 1;
+        match next_line(&mut r, &mut buf, cap)? {
+            Line::Read => {}
+            Line::TooLong => {
+                tracing::debug!(line = n, cap, "skipped: longer than the cap");
                 log.unparsable += 1;
                 continue;
             }
-            Err(e) => return Err(e),
+            Line::End => break,
+        }
+        let line = match std::str::from_utf8(&buf) {
+            Ok(l) => l,
+            // a line that is not UTF-8 is a damaged line, not a damaged file
+            Err(_) => {
+                tracing::debug!(line = n, "skipped: not UTF-8");
+                log.unparsable += 1;
+                continue;
+            }
         };
         if line.trim().is_empty() {
             continue;
         }
-        let value = match serde_json::from_str::<serde_json::Value>(&line) {
+        let value = match serde_json::from_str::<serde_json::Value>(line) {
             Ok(v) => v,
             Err(e) => {
-                tracing::debug!(line = n + 1, error = %e, "skipped: not JSON");
+                tracing::debug!(line = n, error = %e, "skipped: not JSON");
                 log.unparsable += 1;
                 continue;
             }
@@ -67,7 +154,7 @@ pub fn read_log(r: impl BufRead) -> std::io::Result<Log> {
             Some("handshake") => {}
             Some(_) => continue,
             None => {
-                tracing::debug!(line = n + 1, "skipped: JSON without an event name");
+                tracing::debug!(line = n, "skipped: JSON without an event name");
                 log.unparsable += 1;
                 continue;
             }
@@ -83,7 +170,7 @@ pub fn read_log(r: impl BufRead) -> std::io::Result<Log> {
             }),
             Ok(_) => log.unparsable += 1,
             Err(e) => {
-                tracing::debug!(line = n + 1, error = %e, "skipped: not a readable handshake");
+                tracing::debug!(line = n, error = %e, "skipped: not a readable handshake");
                 log.unparsable += 1;
             }
         }
@@ -127,28 +214,50 @@ impl HeaderDiff {
 /// are matched as a multiset: equal values cancel out, what is left pairs
 /// up in order as changes, and the rest was removed or added.
 pub fn diff_headers(from: &[(String, String)], to: &[(String, String)]) -> HeaderDiff {
-    let mut names: Vec<String> = Vec::new();
-    for (n, _) in from.iter().chain(to) {
-        let lower = n.to_ascii_lowercase();
-        if !names.contains(&lower) {
-            names.push(lower);
+    // both lists grouped once by lower-case name, names in first-seen
+    // order: linear, however many headers there are
+    let mut order: Vec<String> = Vec::new();
+    type Side<'a> = Vec<&'a (String, String)>;
+    let mut groups: HashMap<String, (Side, Side)> = HashMap::new();
+    for (side, list) in [(0, from), (1, to)] {
+        for h in list {
+            let g = groups
+                .entry(h.0.to_ascii_lowercase())
+                .or_insert_with_key(|k| {
+                    order.push(k.clone());
+                    Default::default()
+                });
+            if side == 0 {
+                g.0.push(h);
+            } else {
+                g.1.push(h);
+            }
         }
     }
     let mut d = HeaderDiff::default();
-    for name in names {
-        let mut f: Vec<&(String, String)> = from
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(&name))
-            .collect();
+    for name in &order {
+        let Some((f, to_same)) = groups.remove(name) else {
+            continue;
+        };
+        // equal values cancel out, each with the first one left in `f`
+        let mut by_value: HashMap<&str, VecDeque<usize>> = HashMap::new();
+        for (i, h) in f.iter().enumerate() {
+            by_value.entry(h.1.as_str()).or_default().push_back(i);
+        }
+        let mut cancelled = vec![false; f.len()];
         let mut t: Vec<&(String, String)> = Vec::new();
-        for h in to.iter().filter(|(n, _)| n.eq_ignore_ascii_case(&name)) {
-            match f.iter().position(|x| x.1 == h.1) {
-                Some(i) => {
-                    f.remove(i);
-                }
+        for h in to_same {
+            match by_value.get_mut(h.1.as_str()).and_then(VecDeque::pop_front) {
+                Some(i) => cancelled[i] = true,
                 None => t.push(h),
             }
         }
+        let f: Vec<&(String, String)> = f
+            .into_iter()
+            .zip(cancelled)
+            .filter(|(_, c)| !c)
+            .map(|(h, _)| h)
+            .collect();
         let both = f.len().min(t.len());
         for (a, b) in f.iter().zip(&t).take(both) {
             d.changed.push((a.0.clone(), a.1.clone(), b.1.clone()));
@@ -400,14 +509,13 @@ fn and_list(items: &[String]) -> String {
     }
 }
 
+/// The names in `h`, each once (ignoring case) as first seen.
 fn names(h: &[(String, String)]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for (n, _) in h {
-        if !out.iter().any(|o| o.eq_ignore_ascii_case(n)) {
-            out.push(n.clone());
-        }
-    }
-    out
+    let mut seen = std::collections::HashSet::new();
+    h.iter()
+        .filter(|(n, _)| seen.insert(n.to_ascii_lowercase()))
+        .map(|(n, _)| n.clone())
+        .collect()
 }
 
 /// The pair in one sentence: what the hop did, then why it matters.
@@ -750,6 +858,194 @@ mod tests {
             "{}",
             p.summary
         );
+    }
+
+    /// `next_line` over `input`, read through a tiny buffer so lines cross
+    /// chunk boundaries: what each call gave, the line as text.
+    fn lines_capped(input: &[u8], cap: usize) -> Vec<Result<String, Line>> {
+        let mut r = std::io::BufReader::with_capacity(3, input);
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        loop {
+            match next_line(&mut r, &mut buf, cap).unwrap() {
+                Line::Read => out.push(Ok(String::from_utf8(buf.clone()).unwrap())),
+                Line::End => return out,
+                other => {
+                    assert!(buf.is_empty());
+                    out.push(Err(other));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lines_longer_than_the_cap_are_passed_over_and_the_next_ones_read() {
+        let ok = |s: &str| Ok(s.to_string());
+        assert_eq!(
+            lines_capped(b"12345\n123456\r\n1234567\n\n12\r\n123456", 6),
+            [
+                ok("12345"),
+                // exactly the cap, without its \r\n
+                ok("123456"),
+                Err(Line::TooLong),
+                ok(""),
+                ok("12"),
+                // the last line, without a newline
+                ok("123456"),
+            ]
+        );
+        assert_eq!(
+            lines_capped(b"1234567\r\nab\n12345678901234567890", 6),
+            [Err(Line::TooLong), ok("ab"), Err(Line::TooLong)]
+        );
+        assert_eq!(lines_capped(b"", 6), []);
+        assert_eq!(lines_capped(b"\n", 0), [ok("")]);
+        assert_eq!(
+            lines_capped(b"x\ny", 0),
+            [Err(Line::TooLong), Err(Line::TooLong)]
+        );
+
+        // in a log: a handshake over the cap is skipped and counted like
+        // an unparsable line; the handshakes around it are read
+        let short = line(1, healthy(KEY_A), healthy(KEY_A), accepted(KEY_A));
+        let long = line(
+            2,
+            healthy(KEY_B),
+            req("HTTP/1.1", &[("X-Pad", &"p".repeat(short.len()))]),
+            accepted(KEY_B),
+        );
+        let third = line(3, healthy(KEY_B), healthy(KEY_B), accepted(KEY_B));
+        let text = [short.as_str(), &long, &third].join("\n");
+        let whole = read_log(text.as_bytes()).unwrap();
+        assert_eq!((whole.handshakes.len(), whole.unparsable), (3, 0));
+        let r = std::io::BufReader::with_capacity(64, text.as_bytes());
+        let capped = read_log_capped(r, short.len().max(third.len())).unwrap();
+        let conns: Vec<_> = capped.handshakes.iter().map(|t| t.conn).collect();
+        assert_eq!(conns, [Some(1), Some(3)]);
+        assert_eq!(capped.unparsable, 1, "the long line, counted");
+    }
+
+    /// `diff_headers` as it was before grouping (quadratic): what the
+    /// grouped one must match exactly.
+    fn diff_headers_reference(from: &[(String, String)], to: &[(String, String)]) -> HeaderDiff {
+        let mut names: Vec<String> = Vec::new();
+        for (n, _) in from.iter().chain(to) {
+            let lower = n.to_ascii_lowercase();
+            if !names.contains(&lower) {
+                names.push(lower);
+            }
+        }
+        let mut d = HeaderDiff::default();
+        for name in names {
+            let mut f: Vec<&(String, String)> = from
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(&name))
+                .collect();
+            let mut t: Vec<&(String, String)> = Vec::new();
+            for h in to.iter().filter(|(n, _)| n.eq_ignore_ascii_case(&name)) {
+                match f.iter().position(|x| x.1 == h.1) {
+                    Some(i) => {
+                        f.remove(i);
+                    }
+                    None => t.push(h),
+                }
+            }
+            let both = f.len().min(t.len());
+            for (a, b) in f.iter().zip(&t).take(both) {
+                d.changed.push((a.0.clone(), a.1.clone(), b.1.clone()));
+            }
+            d.removed.extend(f[both..].iter().map(|h| (*h).clone()));
+            d.added.extend(t[both..].iter().map(|h| (*h).clone()));
+        }
+        d
+    }
+
+    #[test]
+    fn grouped_header_diff_matches_the_pairwise_one() {
+        // small alphabets, so names repeat in both cases and values
+        // repeat, cancel and pair up in every way
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let names = ["A", "a", "B", "b", "Cookie", "COOKIE", "x"];
+        let values = ["1", "2", "3", ""];
+        for _ in 0..2000 {
+            let mut list = || -> Vec<(String, String)> {
+                (0..next(9))
+                    .map(|_| {
+                        (
+                            names[next(names.len() as u64) as usize].to_string(),
+                            values[next(values.len() as u64) as usize].to_string(),
+                        )
+                    })
+                    .collect()
+            };
+            let (from, to) = (list(), list());
+            assert_eq!(
+                diff_headers(&from, &to),
+                diff_headers_reference(&from, &to),
+                "{from:?} vs {to:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn twenty_thousand_distinct_headers_a_side_diff_in_linear_work() {
+        // 20,000 on each side: a quarter equal, a quarter changed (name in
+        // another case), a quarter renamed (removed + added), a quarter equal
+        const N: usize = 20_000;
+        let front_h: Vec<(String, String)> = (0..N)
+            .map(|i| (format!("X-Hdr-{i}"), format!("v{i}")))
+            .collect();
+        let back_h: Vec<(String, String)> = (0..N)
+            .map(|i| match i % 4 {
+                1 => (format!("x-hdr-{i}"), format!("w{i}")),
+                2 => (format!("X-Back-{i}"), format!("v{i}")),
+                _ => (format!("x-hdr-{i}"), format!("v{i}")),
+            })
+            .collect();
+        let with = |hs: &[(String, String)]| {
+            let mut r = healthy(KEY_A);
+            let list = r["headers"].as_array_mut().unwrap();
+            list.extend(hs.iter().map(|(n, v)| serde_json::json!([n, v])));
+            r
+        };
+        let front = log(&[line(1, with(&front_h), healthy(KEY_A), accepted(KEY_A))]);
+        let back = log(&[line(2, healthy(KEY_A), with(&back_h), accepted(KEY_A))]);
+        let d = diff(&front, &back);
+        assert_eq!(d.pairs.len(), 1);
+        let p = &d.pairs[0];
+        assert_eq!(p.changed.len(), N / 4);
+        assert_eq!(p.removed.len(), N / 4);
+        assert_eq!(p.added.len(), N / 4);
+        assert_eq!(
+            p.changed[0],
+            ("X-Hdr-1".to_string(), "v1".to_string(), "w1".to_string())
+        );
+        assert_eq!(
+            p.changed.last().unwrap(),
+            &(
+                "X-Hdr-19997".to_string(),
+                "v19997".to_string(),
+                "w19997".to_string()
+            )
+        );
+        assert_eq!(p.removed[0], ("X-Hdr-2".to_string(), "v2".to_string()));
+        assert_eq!(
+            p.added.last().unwrap(),
+            &("X-Back-19998".to_string(), "v19998".to_string())
+        );
+        assert!(
+            p.summary
+                .starts_with("the hop removed X-Hdr-2, X-Hdr-6, X-Hdr-10, "),
+            "{}",
+            &p.summary[..200]
+        );
+        assert!(p.summary.contains("and X-Back-19998"));
     }
 
     #[test]

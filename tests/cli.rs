@@ -112,16 +112,22 @@ fn a_closed_stdout_keeps_the_exit_code() {
     let empty = dir.path().join("empty.jsonl");
     std::fs::write(&empty, "").unwrap();
     let e = empty.to_str().unwrap();
-    let mut child = std::process::Command::new(bin_path())
-        .args(["diff", e, e])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // the reader leaves before wstap writes its report
-    drop(child.stdout.take());
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(1));
+    // no pairs; nothing listens on port 1
+    for args in [
+        vec!["diff", e, e],
+        vec!["check", "ws://127.0.0.1:1/", "--timeout", "2s"],
+    ] {
+        let mut child = std::process::Command::new(bin_path())
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // the reader leaves before wstap writes its report
+        drop(child.stdout.take());
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(1), "{args:?}");
+    }
 }
 
 /// A second start with the same command line fails on the taken port and

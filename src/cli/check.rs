@@ -2,7 +2,6 @@
 //! report printed as a checklist (or one JSON object with `--json`).
 //! Exit 0 when every layer passed, 1 when one failed, 2 on usage errors.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -85,21 +84,19 @@ pub fn validate(args: CheckArgs) -> anyhow::Result<(CheckOptions, bool)> {
 pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let (opts, json) = validate(args)?;
     let report = check::run(&opts).await?;
-    let mut out = std::io::stdout().lock();
-    if json {
-        // serialized first, so a closed stdout is an io::Error (a clean
-        // exit for `| head`), not a serde error
-        let text = serde_json::to_string_pretty(&report).context("serializing the report")?;
-        writeln!(out, "{text}")?;
-    } else {
-        out.write_all(render(&report).as_bytes())?;
-    }
-    out.flush()?;
-    Ok(if report.ok {
+    let code = if report.ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    })
+    };
+    let text = if json {
+        let mut t = serde_json::to_string_pretty(&report).context("serializing the report")?;
+        t.push('\n');
+        t
+    } else {
+        render(&report)
+    };
+    super::print_report(&text, code)
 }
 
 /// The checklist: one line per layer, the hint under the failure.

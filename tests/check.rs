@@ -325,21 +325,26 @@ async fn a_bad_accept_key_fails_the_upgrade() {
     assert_eq!(finding_codes_of(&r), ["accept-key-mismatch"]);
 }
 
+/// Reads an upgrade request and answers it with a correct 101.
+async fn answer_upgrade(s: &mut tokio::net::TcpStream) {
+    let head = String::from_utf8_lossy(&read_head(s).await).into_owned();
+    let key = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+        .unwrap_or_default()
+        .to_string();
+    let res = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        wstap::proto::handshake::accept_key(&key)
+    );
+    send(s, res.as_bytes()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_never_pongs_fails_the_websocket_layer() {
     // a correct 101, then silence: reads and ignores everything
     let up = scripted_upstream(|mut s| async move {
-        let head = String::from_utf8_lossy(&read_head(&mut s).await).into_owned();
-        let key = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
-            .unwrap_or_default()
-            .to_string();
-        let res = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-            wstap::proto::handshake::accept_key(&key)
-        );
-        send(&mut s, res.as_bytes()).await;
+        answer_upgrade(&mut s).await;
         let _ = tokio::time::timeout(Duration::from_secs(10), read_all(&mut s)).await;
     })
     .await;
@@ -787,21 +792,16 @@ async fn a_redirect_is_explained_with_its_location() {
 async fn never_closing_server() -> SocketAddr {
     use wstap::proto::frame::{apply_mask, encode_frame, parse_header, Opcode, Parsed};
     scripted_upstream(|mut s| async move {
-        let head = String::from_utf8_lossy(&read_head(&mut s).await).into_owned();
-        let key = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
-            .unwrap_or_default()
-            .to_string();
-        let res = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-            wstap::proto::handshake::accept_key(&key)
-        );
-        send(&mut s, res.as_bytes()).await;
+        answer_upgrade(&mut s).await;
         let mut buf = Vec::new();
         loop {
             let mut chunk = [0u8; 1024];
-            let n = match tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut s, &mut chunk)).await {
+            let n = match tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::io::AsyncReadExt::read(&mut s, &mut chunk),
+            )
+            .await
+            {
                 Ok(Ok(n)) if n > 0 => n,
                 _ => return,
             };
@@ -882,17 +882,7 @@ async fn a_server_flooding_pings_without_reading_cannot_outlast_the_timeout() {
     // a correct 101, then 125-byte pings as fast as the socket takes
     // them, never reading: wstap's pongs fill the buffers
     let up = scripted_upstream(|mut s| async move {
-        let head = String::from_utf8_lossy(&read_head(&mut s).await).into_owned();
-        let key = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
-            .unwrap_or_default()
-            .to_string();
-        let res = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-            wstap::proto::handshake::accept_key(&key)
-        );
-        send(&mut s, res.as_bytes()).await;
+        answer_upgrade(&mut s).await;
         let mut ping = vec![0x89, 125];
         ping.extend_from_slice(&[b'p'; 125]);
         let burst = ping.repeat(64);

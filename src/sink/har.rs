@@ -110,6 +110,20 @@ impl HarSink {
     /// Writes an empty HAR to `path` at once, so a path that cannot be
     /// written fails at startup rather than at the first connection's end.
     pub fn create(path: &Path, opts: HarOptions) -> io::Result<Self> {
+        let name = format!("HAR {}", path.display());
+        // A symlink is followed, so the capture lands where it points; a
+        // node that is not a regular file is refused: writing a temp file
+        // and renaming it over the path would replace a device such as
+        // /dev/null (or a socket, a FIFO) with a plain file.
+        let path = &match std::fs::canonicalize(path) {
+            Ok(real) if std::fs::metadata(&real)?.is_file() => real,
+            Ok(_) => return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file (the HAR is written to a temporary file and renamed over it)",
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => path.to_path_buf(),
+            Err(e) => return Err(e),
+        };
         let file_name = path.file_name().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "the HAR path names no file")
         })?;
@@ -126,7 +140,7 @@ impl HarSink {
             log: HarLog::new(opts),
             path: path.to_path_buf(),
             tmp: dir.join(tmp_name),
-            name: format!("HAR {}", path.display()),
+            name,
             dirty: false,
             last_write: None,
             interval,
@@ -1042,6 +1056,35 @@ mod tests {
     use serde_json::Value;
 
     const T0: u64 = 1_700_000_000;
+
+    /// `--har` through a symlink writes where it points and keeps the
+    /// link; a path that is not a regular file (a socket here; /dev/null
+    /// in the report) is refused, not replaced by the temp-file rename.
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_is_followed_and_a_node_that_is_not_a_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("real.har");
+        std::fs::write(&target, "old").unwrap();
+        let link = dir.path().join("link.har");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        HarSink::create(&link, HarOptions::default()).unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        let written = std::fs::read_to_string(&target).unwrap();
+        assert!(written.contains("\"log\""), "{written}");
+
+        let sock = dir.path().join("socket.har");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let err = HarSink::create(&sock, HarOptions::default())
+            .err()
+            .expect("a socket is not a file to write a HAR to");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::symlink_metadata(&sock)
+            .unwrap()
+            .file_type()
+            .is_socket());
+    }
 
     fn at(ms: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(T0 * 1000 + ms)

@@ -62,9 +62,9 @@ pub enum CheckError {
     ZeroTimeout,
     #[error("{0} must be at most 365 days")]
     TooLong(&'static str),
-    #[error("origin {0:?}: not a valid header value (no line breaks or control characters)")]
+    #[error("--origin {0:?}: not a valid header value (no line breaks or control characters)")]
     Origin(String),
-    #[error("subprotocol {0:?}: expected a token (RFC 6455 §4.1): letters, digits and !#$%&'*+-.^_`|~, no spaces or separators")]
+    #[error("--subprotocol {0:?}: expected a token (RFC 6455 §4.1): letters, digits and !#$%&'*+-.^_`|~, no spaces or separators")]
     Subprotocol(String),
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -156,7 +156,7 @@ pub fn parse_header(s: &str) -> Result<(String, String), CheckError> {
 
 /// Checks an `--origin`: it goes on the wire as a header value, so no line
 /// breaks or other control characters (a tab aside, RFC 9110 §5.5).
-pub fn check_origin(s: &str) -> Result<(), CheckError> {
+fn check_origin(s: &str) -> Result<(), CheckError> {
     if s.chars().any(|c| c.is_ascii_control() && c != '\t') {
         return Err(CheckError::Origin(s.to_string()));
     }
@@ -164,7 +164,7 @@ pub fn check_origin(s: &str) -> Result<(), CheckError> {
 }
 
 /// Checks a `--subprotocol`: RFC 6455 §4.1 requires a token.
-pub fn check_subprotocol(s: &str) -> Result<(), CheckError> {
+fn check_subprotocol(s: &str) -> Result<(), CheckError> {
     if !is_token(s) {
         return Err(CheckError::Subprotocol(s.to_string()));
     }

@@ -59,9 +59,6 @@ pub fn validate(args: CheckArgs) -> anyhow::Result<(CheckOptions, bool)> {
         .iter()
         .map(|h| check::parse_header(h).context("--header"))
         .collect::<anyhow::Result<_>>()?;
-    if let Some(o) = &args.origin {
-        check::check_origin(o).context("--origin")?;
-    }
     opts.origin = args.origin;
     opts.subprotocols = args
         .subprotocols
@@ -70,9 +67,6 @@ pub fn validate(args: CheckArgs) -> anyhow::Result<(CheckOptions, bool)> {
         .map(|p| p.trim().to_string())
         .filter(|p| !p.is_empty())
         .collect();
-    for p in &opts.subprotocols {
-        check::check_subprotocol(p).context("--subprotocol")?;
-    }
     opts.send = args.send;
     opts.trust = TrustOptions {
         extra_roots: args.ca,

@@ -160,18 +160,27 @@ async fn a_client_reset_ends_the_connection_with_client_reset() {
     );
 }
 
-#[tokio::test]
-async fn an_upstream_that_never_answers_the_handshake_gets_504_and_a_finding() {
-    let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel::<TcpStream>();
+/// An upstream that reads a request head and then says nothing, its
+/// sockets held open (they come out of the receiver).
+async fn silent_upstream() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<TcpStream>,
+) {
+    let (held_tx, held_rx) = tokio::sync::mpsc::unbounded_channel::<TcpStream>();
     let up = scripted_upstream(move |mut s| {
         let held = held_tx.clone();
         async move {
             read_head(&mut s).await;
-            // keep the socket open, say nothing
             let _ = held.send(s);
         }
     })
     .await;
+    (up, held_rx)
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_answers_the_handshake_gets_504_and_a_finding() {
+    let (up, mut held_rx) = silent_upstream().await;
     let proxy = TestProxy::start_with(&format!("ws://{up}"), |c| {
         c.handshake_timeout = Duration::from_millis(300);
     })
@@ -211,15 +220,7 @@ async fn answer_to(proxy: &TestProxy, req: &str) -> String {
 /// wait for the body used to keep the 504 back for ever).
 #[tokio::test]
 async fn an_upgrade_with_an_unsent_body_still_times_out() {
-    let (held_tx, _held_rx) = tokio::sync::mpsc::unbounded_channel::<TcpStream>();
-    let up = scripted_upstream(move |mut s| {
-        let held = held_tx.clone();
-        async move {
-            read_head(&mut s).await;
-            let _ = held.send(s);
-        }
-    })
-    .await;
+    let (up, _held) = silent_upstream().await;
     let proxy = TestProxy::start_with(&format!("ws://{up}"), |c| {
         c.handshake_timeout = Duration::from_millis(300);
         c.header_timeout = Duration::from_secs(60);

@@ -2,20 +2,28 @@
 //! travel in batches (a relay chunk's frames go as one message), so the
 //! channel costs per read, not per frame. By default a full channel makes
 //! the relay wait (the log is the product); in lossy mode events are
-//! dropped and counted instead.
+//! dropped and counted instead. When the NDJSON log is the only output,
+//! a short batch of frame events skips the channel: the sender encodes it
+//! into the log's buffer itself (see [`EventTx::send_all`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{mpsc, Notify};
 
 use crate::proto::event::Event;
+use crate::sink::ndjson::SharedLog;
 
 /// Batches queued between the relay and the sinks before senders wait.
 pub const DEFAULT_CAPACITY: usize = 128;
 /// Most events in one batch: bounds the channel's memory (capacity times
 /// this) whatever a single read holds.
 pub const MAX_BATCH: usize = 256;
+/// Most frame events a sender encodes into the log itself: a read that
+/// held one frame (or a frame and its neighbour). Longer batches, a
+/// pipelined read's, go to the sink thread, which encodes them on the
+/// other core while the relay reads on.
+const INLINE_MAX: usize = 2;
 
 /// The sending side, cloned into every connection task.
 #[derive(Clone, Debug)]
@@ -24,6 +32,12 @@ pub struct EventTx {
     lossy: bool,
     dropped: Arc<AtomicU64>,
     full: Arc<Notify>,
+    /// Batches queued and not yet handled by the dispatcher. A sender
+    /// encodes into the log only while this is 0: everything it queued
+    /// before is then in the log, so each connection's lines keep their
+    /// order.
+    pending: Arc<AtomicUsize>,
+    log: Arc<OnceLock<Arc<SharedLog>>>,
 }
 
 /// The receiving side, owned by the sink dispatcher.
@@ -33,9 +47,29 @@ pub struct EventRx {
     lossy: bool,
     batches: Vec<Vec<Event>>,
     full: Arc<Notify>,
+    pending: Arc<AtomicUsize>,
+    log: Arc<OnceLock<Arc<SharedLog>>>,
 }
 
 impl EventRx {
+    /// Lets senders encode short batches of frame events into `log`
+    /// themselves. Only when `log` is the only output: other sinks would
+    /// not see those events.
+    pub fn write_frames_to(&self, log: Arc<SharedLog>) {
+        log.open_to_relays(self.full.clone());
+        let _ = self.log.set(log);
+    }
+
+    /// The dispatcher has handed `batches` received batches to every sink.
+    pub fn handled(&self, batches: usize) {
+        self.pending.fetch_sub(batches, Ordering::Release);
+    }
+
+    /// Frame events senders encoded into the log themselves.
+    pub fn written_by_senders(&self) -> u64 {
+        self.log.get().map_or(0, |l| l.from_relays())
+    }
+
     /// Whether senders drop events rather than wait (`--lossy-log`).
     pub fn is_lossy(&self) -> bool {
         self.lossy
@@ -46,11 +80,17 @@ impl EventRx {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Resolves when a sender found the channel full: a dispatcher that
+    /// Resolves when a sender found the channel full (a dispatcher that
     /// lets events gather stops waiting then, so a burst from many
-    /// connections is not held up by the pause.
+    /// connections is not held up by the pause), or when senders wrote
+    /// into the log and it wants writing out.
     pub async fn full(&self) {
         self.full.notified().await
+    }
+
+    /// What [`Self::full`] waits on, to wait on while receiving.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.full.clone()
     }
 
     /// Appends the events of up to `limit` ready batches to `buf`, waiting
@@ -85,12 +125,16 @@ pub fn channel(capacity: usize, lossy: bool) -> (EventTx, EventRx) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let dropped = Arc::new(AtomicU64::new(0));
     let full = Arc::new(Notify::new());
+    let pending = Arc::new(AtomicUsize::new(0));
+    let log = Arc::new(OnceLock::new());
     (
         EventTx {
             tx,
             lossy,
             dropped: dropped.clone(),
             full: full.clone(),
+            pending: pending.clone(),
+            log: log.clone(),
         },
         EventRx {
             rx,
@@ -98,28 +142,52 @@ pub fn channel(capacity: usize, lossy: bool) -> (EventTx, EventRx) {
             lossy,
             batches: Vec::new(),
             full,
+            pending,
+            log,
         },
     )
 }
 
 impl EventTx {
     async fn send_batch(&self, batch: Vec<Event>) {
+        // counted before it can be received, so never below 0
+        self.pending.fetch_add(1, Ordering::Relaxed);
         match self.tx.try_send(batch) {
             Ok(()) => {}
             // once the sinks are gone (shutdown) events are discarded
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => self.not_queued(),
             Err(mpsc::error::TrySendError::Full(b)) => {
                 // the dispatcher may be letting events gather: wake it
                 self.full.notify_one();
                 if self.lossy {
                     self.dropped.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    self.not_queued();
                 } else {
                     // boxed: waiting is rare, and the wait's state would
                     // otherwise take room in every connection's future
-                    let _ = Box::pin(self.tx.send(b)).await;
+                    if Box::pin(self.tx.send(b)).await.is_err() {
+                        self.not_queued();
+                    }
                 }
             }
         }
+    }
+
+    fn not_queued(&self) {
+        self.pending.fetch_sub(1, Ordering::Release);
+    }
+
+    /// Encodes `evs` into the log here when that keeps each connection's
+    /// lines in order (nothing queued is still unhandled) and the batch is
+    /// short; see [`INLINE_MAX`].
+    fn write_here(&self, evs: &[Event]) -> bool {
+        if evs.len() > INLINE_MAX {
+            return false;
+        }
+        let Some(log) = self.log.get() else {
+            return false;
+        };
+        self.pending.load(Ordering::Acquire) == 0 && log.take_frames(evs)
     }
 
     /// Queues an event. Waits while the channel is full unless lossy.
@@ -130,6 +198,10 @@ impl EventTx {
     /// Queues every event of `evs` in as few messages as the batch limit
     /// allows, leaving it empty.
     pub async fn send_all(&self, evs: &mut Vec<Event>) {
+        if self.write_here(evs) {
+            evs.clear();
+            return;
+        }
         if evs.len() <= MAX_BATCH {
             if !evs.is_empty() {
                 self.send_batch(std::mem::take(evs)).await;

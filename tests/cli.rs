@@ -303,6 +303,29 @@ async fn relay_threads_serve_connections_in_full() {
     assert_eq!(seen, ["c0", "c1", "c2", "c3", "c4", "c5"]);
     assert_eq!(closes.len(), 6, "{}", dump(&evs));
     assert!(closes.values().all(|&n| n == 1), "{}", dump(&evs));
+    // Each connection's lines are in its order: the handshake before its
+    // frames, the close after them. The relay threads write a read's frame
+    // lines into the log themselves here (`--quiet --json`), the sink
+    // thread writes the rest.
+    for conn in texts.keys() {
+        let kinds: Vec<&str> = evs
+            .iter()
+            .filter(|e| e.conn == *conn)
+            .filter_map(|e| match &e.kind {
+                EventKind::Handshake(_) => Some("handshake"),
+                EventKind::Frame(_) => Some("frame"),
+                EventKind::Close(_) => Some("close"),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(kinds.first(), Some(&"handshake"), "{conn:?}: {kinds:?}");
+        assert_eq!(kinds.last(), Some(&"close"), "{conn:?}: {kinds:?}");
+        assert_eq!(
+            kinds.iter().filter(|k| **k != "frame").count(),
+            2,
+            "{conn:?}: {kinds:?}"
+        );
+    }
 }
 
 #[test]

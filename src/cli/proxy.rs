@@ -17,7 +17,7 @@ use crate::bus;
 use crate::proxy::upstream::UpstreamUrl;
 use crate::proxy::{ForwardOptions, Mode, Proxy, ProxyConfig};
 use crate::sink::har::{self, HarOptions, HarSink};
-use crate::sink::ndjson::NdjsonSink;
+use crate::sink::ndjson::{NdjsonSink, SharedLog};
 use crate::sink::terminal::TerminalSink;
 use crate::sink::{spawn_dispatcher_with, DispatchOptions, Sink};
 use crate::tls::ca::{default_dir, LocalCa, Origin};
@@ -188,16 +188,31 @@ pub enum FileOutput {
     Har(PathBuf, HarOptions),
 }
 
+/// An output file, opened.
+struct Opened {
+    sink: Box<dyn Sink>,
+    /// For a JSON log file, the buffer relays may write frame lines to.
+    log: Option<Arc<SharedLog>>,
+}
+
 impl FileOutput {
-    fn create(self) -> anyhow::Result<Box<dyn Sink>> {
+    fn create(self) -> anyhow::Result<Opened> {
         Ok(match self {
-            FileOutput::Json(path) => Box::new(
-                NdjsonSink::create(&path).with_context(|| format!("--json {}", path.display()))?,
-            ),
-            FileOutput::Har(path, opts) => Box::new(
-                HarSink::create(&path, opts)
-                    .with_context(|| format!("--har {}", path.display()))?,
-            ),
+            FileOutput::Json(path) => {
+                let sink = NdjsonSink::create(&path)
+                    .with_context(|| format!("--json {}", path.display()))?;
+                Opened {
+                    log: sink.is_file().then(|| sink.shared()),
+                    sink: Box::new(sink),
+                }
+            }
+            FileOutput::Har(path, opts) => Opened {
+                sink: Box::new(
+                    HarSink::create(&path, opts)
+                        .with_context(|| format!("--har {}", path.display()))?,
+                ),
+                log: None,
+            },
         })
     }
 }
@@ -467,8 +482,16 @@ pub async fn start(run: ProxyRun) -> anyhow::Result<Running> {
         None => None,
     };
     let mut sinks = run.sinks;
+    let only_file = sinks.is_empty() && run.files.len() == 1;
     for f in run.files {
-        sinks.push(f.create()?);
+        let opened = f.create()?;
+        sinks.push(opened.sink);
+        // The log is the only output (`--quiet --json FILE`): relays may
+        // write short batches of frames into it themselves, which no other
+        // output would then see.
+        if let Some(log) = opened.log.filter(|_| only_file) {
+            rx.write_frames_to(log);
+        }
     }
     let dispatcher =
         spawn_dispatcher_with(rx, sinks, opts).context("starting the output thread")?;

@@ -29,6 +29,12 @@ pub trait Sink: Send {
 
     fn event(&mut self, ev: &Event) -> io::Result<()>;
 
+    /// Several events, in order (a sink with a lock to take can take it
+    /// once for them).
+    fn events(&mut self, evs: &[Event]) -> io::Result<()> {
+        evs.iter().try_for_each(|ev| self.event(ev))
+    }
+
     /// Make everything so far visible (on disk, on screen).
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -156,6 +162,7 @@ pub fn spawn_dispatcher_with(
                 let mut batches: Vec<Vec<Event>> = Vec::with_capacity(256);
                 // When the oldest unflushed event arrived.
                 let mut dirty: Option<Instant> = None;
+                let wake = rx.waker();
                 loop {
                     batches.clear();
                     let due = slots
@@ -164,41 +171,43 @@ pub fn spawn_dispatcher_with(
                         .filter_map(|s| s.sink.flush_due())
                         .chain(dirty.map(|since| since + FLUSH_EVERY))
                         .min();
-                    let got = match due {
-                        None => rx.recv_batches(&mut batches, 256).await,
-                        Some(due) => {
-                            let deadline = tokio::time::Instant::from_std(due);
-                            match tokio::time::timeout_at(
-                                deadline,
-                                rx.recv_batches(&mut batches, 256),
-                            )
-                            .await
-                            {
-                                Ok(n) => n,
-                                Err(_) => {
-                                    for s in &mut slots {
-                                        s.run("flush", |k| k.flush());
-                                    }
-                                    dirty = None;
-                                    continue;
-                                }
-                            }
+                    let deadline = due.map(tokio::time::Instant::from_std);
+                    let timeout = async {
+                        match deadline {
+                            Some(d) => tokio::time::sleep_until(d).await,
+                            None => std::future::pending().await,
                         }
+                    };
+                    let got = tokio::select! {
+                        n = rx.recv_batches(&mut batches, 256) => n,
+                        _ = timeout => {
+                            for s in &mut slots {
+                                s.run("flush", |k| k.flush());
+                            }
+                            dirty = None;
+                            continue;
+                        }
+                        // relays wrote into the log: look at when it is due
+                        _ = wake.notified() => continue,
                     };
                     if got == 0 {
                         break;
                     }
                     let mut urgent = false;
-                    for ev in batches.iter_mut().flatten() {
-                        report.events += 1;
-                        if opts.redact {
-                            redact::event(ev);
+                    for batch in batches.iter_mut() {
+                        for ev in batch.iter_mut() {
+                            report.events += 1;
+                            if opts.redact {
+                                redact::event(ev);
+                            }
+                            urgent |=
+                                matches!(ev.kind, EventKind::Close(_) | EventKind::Listening(_));
                         }
                         for s in &mut slots {
-                            s.run("write", |k| k.event(ev));
+                            s.run("write", |k| k.events(batch));
                         }
-                        urgent |= matches!(ev.kind, EventKind::Close(_) | EventKind::Listening(_));
                     }
+                    rx.handled(batches.len());
                     if let Some(ev) = dropped_event(&rx, &mut reported, false) {
                         for s in &mut slots {
                             s.run("write", |k| k.event(&ev));
@@ -228,6 +237,7 @@ pub fn spawn_dispatcher_with(
                     }
                 }
             });
+            report.events += rx.written_by_senders();
             report.dropped = rx.dropped();
             // lossy mode: the log ends with the total, even when it is 0
             if let Some(ev) = dropped_event(&rx, &mut reported, rx.is_lossy()) {

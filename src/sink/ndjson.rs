@@ -1,85 +1,276 @@
 //! The canonical record: one JSON object per line, gathered in a large
-//! buffer (a syscall per frame would cost the relay) and flushed when the
-//! dispatcher says so. `diff` reads these files back.
+//! buffer (a syscall per frame would cost the relay) and written out when
+//! it is full or the dispatcher says so. `diff` reads these files back.
+//!
+//! The buffer ([`SharedLog`]) can also take frame lines from the relay
+//! threads themselves (see `bus::EventTx::send_all`): when the log is the
+//! only output, a read that held one frame is cheaper to encode where it
+//! was read than to hand to the sink thread as an event.
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+use tokio::sync::Notify;
 
 use super::frame_json::FrameEncoder;
-use super::Sink;
-use crate::proto::event::Event;
+use super::{Sink, FLUSH_EVERY};
+use crate::proto::event::{Event, EventKind};
 
 /// Bytes gathered before they are written out.
 const BUF: usize = 64 * 1024;
+/// Bytes waiting to be written past which relays stop adding lines (they
+/// queue events instead, and wait when the queue is full): the bound on
+/// this buffer while the file is slow.
+const HELD_MAX: usize = 1024 * 1024;
 
-pub struct NdjsonSink {
-    out: Box<dyn Write + Send>,
+/// The log's buffer and file, shared by the sink thread and, when the log
+/// is the only output, the relay threads. Relays only add lines; the file
+/// is written by the sink thread (or whoever flushes), never by a relay.
+pub struct SharedLog {
+    lines: Mutex<Lines>,
+    out: Mutex<Out>,
+    /// Writing failed: relays stop adding lines (the dispatcher reports
+    /// the failure and switches the sink off).
+    failed: AtomicBool,
+    /// Frame events relays encoded here themselves.
+    from_relays: AtomicU64,
+    /// Wakes the dispatcher when relays added the first lines since the
+    /// last write, or filled the buffer; set when relays are let in.
+    wake: OnceLock<Arc<Notify>>,
+}
+
+struct Lines {
     /// Lines not yet written: each event is encoded straight in here (a
     /// `BufWriter` would take every line through one more copy).
     buf: Vec<u8>,
-    name: String,
     frames: FrameEncoder,
+    /// When `buf` last went from empty to holding lines.
+    since: Option<Instant>,
+}
+
+struct Out {
+    w: Box<dyn Write + Send>,
+    /// The buffer being written: swapped with `Lines::buf`, so relays can
+    /// add lines while the sink thread writes.
+    spare: Vec<u8>,
+}
+
+/// A mutex whose holder panicked still guards whole lines (each line is
+/// encoded and then kept or cut off before the lock is released).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl std::fmt::Debug for SharedLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedLog")
+            .field("failed", &self.failed)
+            .field("from_relays", &self.from_relays)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedLog {
+    fn new(w: Box<dyn Write + Send>) -> Self {
+        SharedLog {
+            lines: Mutex::new(Lines {
+                buf: Vec::with_capacity(BUF + 4096),
+                frames: FrameEncoder::new(),
+                since: None,
+            }),
+            out: Mutex::new(Out {
+                w,
+                spare: Vec::with_capacity(BUF + 4096),
+            }),
+            failed: AtomicBool::new(false),
+            from_relays: AtomicU64::new(0),
+            wake: OnceLock::new(),
+        }
+    }
+
+    /// Lets relays add frame lines ([`Self::take_frames`]); `wake` is
+    /// notified when the dispatcher should look at [`Self::due`].
+    pub fn open_to_relays(&self, wake: Arc<Notify>) {
+        let _ = self.wake.set(wake);
+    }
+
+    /// Frame events relays wrote here themselves.
+    pub fn from_relays(&self) -> u64 {
+        self.from_relays.load(Ordering::Relaxed)
+    }
+
+    /// Encodes `evs` here if they are all frame events and the buffer has
+    /// room; `false` (nothing taken) otherwise. Called by the relays.
+    pub fn take_frames(&self, evs: &[Event]) -> bool {
+        if self.failed.load(Ordering::Relaxed)
+            || !evs.iter().all(|e| matches!(e.kind, EventKind::Frame(_)))
+        {
+            return false;
+        }
+        let Some(wake) = self.wake.get() else {
+            return false;
+        };
+        let mut l = lock(&self.lines);
+        let before = l.buf.len();
+        if before >= HELD_MAX {
+            return false;
+        }
+        let Lines { buf, frames, since } = &mut *l;
+        for ev in evs {
+            frames.encode(buf, ev);
+            buf.push(b'\n');
+        }
+        let after = buf.len();
+        if before == 0 {
+            *since = Some(Instant::now());
+        }
+        drop(l);
+        self.from_relays
+            .fetch_add(evs.len() as u64, Ordering::Relaxed);
+        if before == 0 || (before < BUF && after >= BUF) {
+            wake.notify_one();
+        }
+        true
+    }
+
+    /// Appends events of any kind (the sink thread), under one lock.
+    fn push(&self, evs: &[Event]) -> io::Result<()> {
+        let mut guard = lock(&self.lines);
+        for ev in evs {
+            let l: &mut Lines = &mut guard;
+            let start = l.buf.len();
+            if start == 0 {
+                l.since = Some(Instant::now());
+            }
+            // frames come at wire speed: they take the hand-written encoder
+            if !l.frames.encode(&mut l.buf, ev) {
+                if let Err(e) = serde_json::to_writer(&mut l.buf, ev) {
+                    // no half line in the log
+                    l.buf.truncate(start);
+                    return Err(io::Error::other(e));
+                }
+            }
+            l.buf.push(b'\n');
+            if l.buf.len() >= BUF {
+                drop(guard);
+                self.write_out()?;
+                guard = lock(&self.lines);
+            }
+        }
+        Ok(())
+    }
+
+    /// When the lines gathered so far should be written: now once the
+    /// buffer is full, else [`FLUSH_EVERY`] after the oldest was added.
+    fn due(&self) -> Option<Instant> {
+        let l = lock(&self.lines);
+        if l.buf.len() >= BUF {
+            return Some(Instant::now());
+        }
+        l.since.map(|s| s + FLUSH_EVERY)
+    }
+
+    /// Hands the gathered lines to the file. The file's lock is taken
+    /// first and held while writing, so buffers reach the file in the
+    /// order they were filled; the lines' lock only for the swap.
+    fn write_out(&self) -> io::Result<()> {
+        let mut o = lock(&self.out);
+        let Out { w, spare } = &mut *o;
+        {
+            let mut l = lock(&self.lines);
+            std::mem::swap(&mut l.buf, spare);
+            l.since = None;
+        }
+        if spare.is_empty() {
+            return Ok(());
+        }
+        let r = w.write_all(spare);
+        spare.clear();
+        if r.is_err() {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.write_out()?;
+        lock(&self.out).w.flush()
+    }
+}
+
+impl Drop for SharedLog {
+    /// What is still gathered goes out, as a `BufWriter` would write it.
+    fn drop(&mut self) {
+        let _ = self.write_out();
+    }
+}
+
+pub struct NdjsonSink {
+    log: Arc<SharedLog>,
+    name: String,
+    /// Whether the output is a file (relays may add lines to it) rather
+    /// than stdout.
+    file: bool,
 }
 
 impl NdjsonSink {
     /// Writes to `path`, or to stdout when it is `-`.
     pub fn create(path: &Path) -> io::Result<Self> {
-        let (w, name): (Box<dyn Write + Send>, String) = if path == Path::new("-") {
-            (Box::new(io::stdout()), "JSON log (stdout)".into())
-        } else {
-            (
-                Box::new(File::create(path)?),
-                format!("JSON log {}", path.display()),
-            )
-        };
-        Ok(Self::new(w, &name))
+        if path == Path::new("-") {
+            return Ok(Self::new(Box::new(io::stdout()), "JSON log (stdout)"));
+        }
+        let mut sink = Self::new(
+            Box::new(File::create(path)?),
+            &format!("JSON log {}", path.display()),
+        );
+        sink.file = true;
+        Ok(sink)
     }
 
     pub fn new(w: Box<dyn Write + Send>, name: &str) -> Self {
         NdjsonSink {
-            out: w,
-            buf: Vec::with_capacity(BUF + 4096),
+            log: Arc::new(SharedLog::new(w)),
             name: name.to_string(),
-            frames: FrameEncoder::new(),
+            file: false,
         }
     }
 
-    /// Hands the gathered lines to the file (or stdout).
-    fn write_out(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let r = self.out.write_all(&self.buf);
-        self.buf.clear();
-        r
+    /// The buffer relays may add frame lines to (see `bus`).
+    pub fn shared(&self) -> Arc<SharedLog> {
+        self.log.clone()
+    }
+
+    /// Whether the log is a file rather than stdout. A pipe to stdout
+    /// stays with the sink thread: a reader that leaves must not make a
+    /// relay see a write fail.
+    pub fn is_file(&self) -> bool {
+        self.file
     }
 }
 
 impl Sink for NdjsonSink {
     fn event(&mut self, ev: &Event) -> io::Result<()> {
-        let start = self.buf.len();
-        // frames come at wire speed: they take the hand-written encoder
-        if !self.frames.encode(&mut self.buf, ev) {
-            if let Err(e) = serde_json::to_writer(&mut self.buf, ev) {
-                // no half line in the log
-                self.buf.truncate(start);
-                return Err(io::Error::other(e));
-            }
-        }
-        self.buf.push(b'\n');
-        if self.buf.len() >= BUF {
-            self.write_out()?;
-        }
-        Ok(())
+        self.log.push(std::slice::from_ref(ev))
+    }
+
+    fn events(&mut self, evs: &[Event]) -> io::Result<()> {
+        self.log.push(evs)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        match self.write_out().and_then(|()| self.out.flush()) {
+        match self.log.flush() {
             // a closed stdout pipe (`| head`) is a reader that left, not a failure
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
             r => r,
         }
+    }
+
+    fn flush_due(&self) -> Option<Instant> {
+        self.log.due()
     }
 
     fn name(&self) -> &str {
@@ -87,9 +278,171 @@ impl Sink for NdjsonSink {
     }
 }
 
-impl Drop for NdjsonSink {
-    /// What is still gathered goes out, as a `BufWriter` would write it.
-    fn drop(&mut self) {
-        let _ = self.write_out();
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus;
+    use crate::proto::event::{ConnId, Dir, ErrorEvent, FrameEvent};
+    use crate::proto::frame::Opcode;
+    use crate::sink::spawn_dispatcher;
+    use std::time::{Duration, SystemTime};
+
+    /// A log file in memory.
+    #[derive(Clone, Default)]
+    struct Memory(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Memory {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            lock(&self.0).extend_from_slice(b);
+            Ok(b.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Memory {
+        /// (connection, sequence number) of each line: a frame's is its
+        /// `len`, another event's its error message.
+        fn lines(&self) -> Vec<(u64, u64)> {
+            let text = String::from_utf8(lock(&self.0).clone()).expect("UTF-8");
+            text.lines()
+                .map(|l| {
+                    let ev: Event = serde_json::from_str(l).expect("a JSON line");
+                    let conn = ev.conn.map_or(0, |c| c.0);
+                    let seq = match &ev.kind {
+                        EventKind::Frame(f) => f.len,
+                        EventKind::Error(e) => e.message.parse().expect("a number"),
+                        other => panic!("unexpected {other:?}"),
+                    };
+                    (conn, seq)
+                })
+                .collect()
+        }
+    }
+
+    fn frame(conn: u64, seq: u64) -> Event {
+        Event::conn(
+            SystemTime::now(),
+            ConnId(conn),
+            EventKind::Frame(FrameEvent::new(Dir::ClientToServer, Opcode::Binary, seq)),
+        )
+    }
+
+    fn other(conn: u64, seq: u64) -> Event {
+        Event::conn(
+            SystemTime::now(),
+            ConnId(conn),
+            EventKind::Error(ErrorEvent {
+                message: seq.to_string(),
+            }),
+        )
+    }
+
+    fn log_to_memory(
+        capacity: usize,
+    ) -> (
+        bus::EventTx,
+        Memory,
+        Arc<SharedLog>,
+        std::thread::JoinHandle<crate::sink::DispatchReport>,
+    ) {
+        let (tx, rx) = bus::channel(capacity, false);
+        let mem = Memory::default();
+        let sink = NdjsonSink::new(Box::new(mem.clone()), "test log");
+        let shared = sink.shared();
+        rx.write_frames_to(shared.clone());
+        let d = spawn_dispatcher(rx, vec![Box::new(sink)]).expect("dispatcher");
+        (tx, mem, shared, d)
+    }
+
+    #[tokio::test]
+    async fn a_short_frame_batch_is_written_by_its_sender_once_nothing_is_queued() {
+        let (tx, mem, shared, d) = log_to_memory(16);
+        // queued: not a frame
+        tx.send(other(1, 0)).await;
+        // a frame right behind it must not overtake it
+        tx.send_all(&mut vec![frame(1, 1)]).await;
+        // once both are in the file the queue is empty...
+        for _ in 0..200 {
+            if mem.lines().len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(mem.lines(), [(1, 0), (1, 1)]);
+        let before = shared.from_relays();
+        // ...and a one-frame batch is encoded by the sender
+        tx.send_all(&mut vec![frame(1, 2)]).await;
+        assert_eq!(shared.from_relays(), before + 1);
+        // a long batch is queued, and the frame after it waits its turn
+        let mut long: Vec<Event> = (3..8).map(|s| frame(1, s)).collect();
+        tx.send_all(&mut long).await;
+        tx.send_all(&mut vec![frame(1, 8)]).await;
+        drop(tx);
+        let report = d.join().expect("dispatcher");
+        assert_eq!(report.events, 9);
+        let want: Vec<(u64, u64)> = (0..9).map(|s| (1, s)).collect();
+        assert_eq!(mem.lines(), want);
+    }
+
+    /// Senders on several threads, each a connection sending its events in
+    /// batches of 1 to 5 with other events among them: every connection's
+    /// lines come out whole and in order, whichever way each batch went.
+    #[test]
+    fn each_connection_keeps_its_order_when_senders_write_lines_themselves() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        // a small queue: senders also wait on it
+        let (tx, mem, _shared, d) = log_to_memory(4);
+        const CONNS: u64 = 12;
+        const EVENTS: u64 = 3000;
+        rt.block_on(async {
+            let mut tasks = Vec::new();
+            for c in 1..=CONNS {
+                let tx = tx.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut seq = 0;
+                    let mut round = c;
+                    while seq < EVENTS {
+                        round = round.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        let size = (round >> 60) % 5 + 1;
+                        let mut batch: Vec<Event> = (seq..(seq + size).min(EVENTS))
+                            .map(|s| {
+                                if (round >> 40) % 9 == 0 {
+                                    other(c, s)
+                                } else {
+                                    frame(c, s)
+                                }
+                            })
+                            .collect();
+                        seq += batch.len() as u64;
+                        tx.send_all(&mut batch).await;
+                        if (round >> 50) % 4 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.expect("sender");
+            }
+        });
+        drop(tx);
+        let report = d.join().expect("dispatcher");
+        assert_eq!(report.events, CONNS * EVENTS);
+        let mut next = vec![0u64; CONNS as usize + 1];
+        for (conn, seq) in mem.lines() {
+            assert_eq!(
+                seq, next[conn as usize],
+                "connection {conn}: a line out of order"
+            );
+            next[conn as usize] += 1;
+        }
+        assert!(next[1..].iter().all(|&n| n == EVENTS), "{next:?}");
     }
 }

@@ -181,7 +181,7 @@ impl EventTx {
     /// lines in order (nothing queued is still unhandled) and the batch is
     /// short; see [`INLINE_MAX`].
     fn write_here(&self, evs: &[Event]) -> bool {
-        if evs.len() > INLINE_MAX {
+        if evs.is_empty() || evs.len() > INLINE_MAX {
             return false;
         }
         let Some(log) = self.log.get() else {

@@ -151,6 +151,9 @@ impl SharedLog {
                 if let Err(e) = serde_json::to_writer(&mut l.buf, ev) {
                     // no half line in the log
                     l.buf.truncate(start);
+                    // the sink is switched off: relays must not go on
+                    // filling a buffer no one writes out
+                    self.failed.store(true, Ordering::Relaxed);
                     return Err(io::Error::other(e));
                 }
             }

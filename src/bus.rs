@@ -196,7 +196,9 @@ impl EventTx {
     }
 
     /// Queues every event of `evs` in as few messages as the batch limit
-    /// allows, leaving it empty.
+    /// allows, leaving it empty; a short batch of frame events is encoded
+    /// into the log here instead when the log lets senders in and that
+    /// keeps the order (see `write_here`).
     pub async fn send_all(&self, evs: &mut Vec<Event>) {
         if self.write_here(evs) {
             evs.clear();

@@ -575,12 +575,10 @@ async fn close_sends_the_code_to_both_sides() {
     let c = list.iter().find(|c| c["id"] == id).unwrap();
     assert_eq!(c["close"]["reason"], "closed-from-live-view");
     let closes = p
-        .get(&format!(
-            "/api/connections/{id}/frames?opcode=close&injected=1"
-        ))
+        .get(&format!("/api/connections/{id}/frames?opcode=close"))
         .await
         .json();
-    let codes: Vec<(&str, u64)> = closes
+    let codes: Vec<(&str, u64, bool)> = closes
         .as_array()
         .unwrap()
         .iter()
@@ -588,11 +586,20 @@ async fn close_sends_the_code_to_both_sides() {
             (
                 f["from"].as_str().unwrap(),
                 f["close_code"].as_u64().unwrap(),
+                f["injected"] == true,
             )
         })
         .collect();
-    assert_eq!(codes.len(), 2, "{closes}");
-    assert!(codes.contains(&("client", 4001)) && codes.contains(&("server", 4001)));
+    // Toward the server, wstap's close. Toward the client, wstap's close,
+    // unless the echo server's answer (the same code and reason) got there
+    // first: then that one crossed, logged as the server's, and wstap sent
+    // no second close (a loaded machine can order it either way).
+    assert!(codes.contains(&("client", 4001, true)), "{closes}");
+    let to_client: Vec<_> = codes.iter().filter(|c| c.0 == "server").collect();
+    assert!(
+        to_client == [&("server", 4001, true)] || to_client == [&("server", 4001, false)],
+        "{closes}"
+    );
     p.stop().await;
 }
 

@@ -68,7 +68,7 @@ pub(super) enum Step {
     Next,
     Done(End),
     /// A 101 answered a WebSocket handshake: relay from here on.
-    Upgrade(ResponseHead),
+    Upgrade(ResponseHead, Box<Live>),
     /// A forward proxy's client asked for a tunnel.
     Connect(RequestHead),
 }
@@ -333,7 +333,7 @@ impl Conn {
             match step {
                 Step::Next => continue,
                 Step::Done(end) => break end,
-                Step::Upgrade(resp) => return self.websocket(resp).await,
+                Step::Upgrade(resp, live) => return self.websocket(resp, *live).await,
                 Step::Connect(req) => {
                     if forward::intercepts(&self.shared, &req) {
                         return forward::intercept(self, req).await;
@@ -626,8 +626,11 @@ impl Conn {
 
         if resp.status == 101 {
             if attempt {
+                // registered before the handshake event, so whoever sees
+                // the WebSocket open (the live view) can inject into it
+                let live = Live::register(&shared.open, self.id);
                 self.emit_handshake(hs, &rewrites).await;
-                return Step::Upgrade(client_resp);
+                return Step::Upgrade(client_resp, Box::new(live));
             }
             return self.tunnel(&req, hs.client_response.take(), started).await;
         }
@@ -858,7 +861,7 @@ impl Conn {
     }
 
     /// Runs the relay on an upgraded connection and sends its summary.
-    async fn websocket(self, client_resp: ResponseHead) {
+    async fn websocket(self, client_resp: ResponseHead, live: Live) {
         let Conn {
             shared,
             id,
@@ -895,8 +898,11 @@ impl Conn {
             up_rd,
             up_wr,
         };
-        let (controls, inboxes) = relay::controls();
-        let registered = Registered::new(&shared.open, id, controls.clone());
+        let Live {
+            controls,
+            inboxes,
+            registered,
+        } = live;
         let opts = RelayOptions {
             hard_stop: Some(shared.hard_stop.subscribe()),
             strict: shared.cfg.strict,
@@ -958,25 +964,48 @@ enum ExchangeError {
 /// An open WebSocket's entry in the registry of control handles
 /// (`Shared::open`), removed however the relay ends: a panic in it, or the
 /// task aborted at the end of shutdown, would otherwise leave it behind.
-struct Registered<'a> {
-    open: &'a Mutex<HashMap<ConnId, relay::Controls>>,
+struct Registered {
+    open: Arc<Mutex<HashMap<ConnId, relay::Controls>>>,
     id: ConnId,
 }
 
-impl<'a> Registered<'a> {
+impl Registered {
     fn new(
-        open: &'a Mutex<HashMap<ConnId, relay::Controls>>,
+        open: &Arc<Mutex<HashMap<ConnId, relay::Controls>>>,
         id: ConnId,
         controls: relay::Controls,
     ) -> Self {
         if let Ok(mut m) = open.lock() {
             m.insert(id, controls);
         }
-        Registered { open, id }
+        Registered {
+            open: open.clone(),
+            id,
+        }
     }
 }
 
-impl Drop for Registered<'_> {
+/// An upgraded connection's control handles, registered from the moment
+/// the 101 is known until its relay ends.
+pub(super) struct Live {
+    controls: relay::Controls,
+    inboxes: relay::Inboxes,
+    registered: Registered,
+}
+
+impl Live {
+    fn register(open: &Arc<Mutex<HashMap<ConnId, relay::Controls>>>, id: ConnId) -> Self {
+        let (controls, inboxes) = relay::controls();
+        let registered = Registered::new(open, id, controls.clone());
+        Live {
+            controls,
+            inboxes,
+            registered,
+        }
+    }
+}
+
+impl Drop for Registered {
     fn drop(&mut self) {
         if let Ok(mut m) = self.open.lock() {
             m.remove(&self.id);
@@ -1082,7 +1111,7 @@ mod tests {
 
     #[test]
     fn a_websocket_leaves_the_registry_even_when_its_relay_panics() {
-        let open = Mutex::new(HashMap::new());
+        let open = Arc::new(Mutex::new(HashMap::new()));
         let (controls, _inboxes) = relay::controls();
         let kept = Registered::new(&open, ConnId(1), controls.clone());
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

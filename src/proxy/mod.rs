@@ -146,7 +146,7 @@ pub struct Shared {
     pub events: EventTx,
     pub connector: Connector,
     /// Control handles of the open WebSockets, for shutdown and the live view.
-    pub open: Mutex<HashMap<ConnId, relay::Controls>>,
+    pub open: Arc<Mutex<HashMap<ConnId, relay::Controls>>>,
     /// Set when the shutdown grace period is over: relays stop at once and
     /// still report their `close` events.
     pub hard_stop: tokio::sync::watch::Sender<bool>,
@@ -245,7 +245,7 @@ impl Proxy {
                 cfg,
                 events,
                 connector,
-                open: Mutex::new(HashMap::new()),
+                open: Arc::new(Mutex::new(HashMap::new())),
                 hard_stop: tokio::sync::watch::Sender::new(false),
                 next_id: AtomicU64::new(1),
             }),

@@ -8,6 +8,8 @@
 pub mod collect;
 pub mod frame_json;
 pub mod har;
+#[cfg(test)]
+pub(crate) mod memory;
 pub mod ndjson;
 pub mod terminal;
 

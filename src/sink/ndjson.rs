@@ -287,42 +287,26 @@ mod tests {
     use crate::bus;
     use crate::proto::event::{ConnId, Dir, ErrorEvent, FrameEvent};
     use crate::proto::frame::Opcode;
+    use crate::sink::memory::Memory;
     use crate::sink::spawn_dispatcher;
     use std::time::{Duration, SystemTime};
 
-    /// A log file in memory.
-    #[derive(Clone, Default)]
-    struct Memory(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Memory {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            lock(&self.0).extend_from_slice(b);
-            Ok(b.len())
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Memory {
-        /// (connection, sequence number) of each line: a frame's is its
-        /// `len`, another event's its error message.
-        fn lines(&self) -> Vec<(u64, u64)> {
-            let text = String::from_utf8(lock(&self.0).clone()).expect("UTF-8");
-            text.lines()
-                .map(|l| {
-                    let ev: Event = serde_json::from_str(l).expect("a JSON line");
-                    let conn = ev.conn.map_or(0, |c| c.0);
-                    let seq = match &ev.kind {
-                        EventKind::Frame(f) => f.len,
-                        EventKind::Error(e) => e.message.parse().expect("a number"),
-                        other => panic!("unexpected {other:?}"),
-                    };
-                    (conn, seq)
-                })
-                .collect()
-        }
+    /// (connection, sequence number) of each line: a frame's is its
+    /// `len`, another event's its error message.
+    fn lines(mem: &Memory) -> Vec<(u64, u64)> {
+        let text = String::from_utf8(mem.bytes()).expect("UTF-8");
+        text.lines()
+            .map(|l| {
+                let ev: Event = serde_json::from_str(l).expect("a JSON line");
+                let conn = ev.conn.map_or(0, |c| c.0);
+                let seq = match &ev.kind {
+                    EventKind::Frame(f) => f.len,
+                    EventKind::Error(e) => e.message.parse().expect("a number"),
+                    other => panic!("unexpected {other:?}"),
+                };
+                (conn, seq)
+            })
+            .collect()
     }
 
     fn frame(conn: u64, seq: u64) -> Event {
@@ -369,12 +353,12 @@ mod tests {
         tx.send_all(&mut vec![frame(1, 1)]).await;
         // once both are in the file the queue is empty...
         for _ in 0..200 {
-            if mem.lines().len() == 2 {
+            if lines(&mem).len() == 2 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(mem.lines(), [(1, 0), (1, 1)]);
+        assert_eq!(lines(&mem), [(1, 0), (1, 1)]);
         let before = shared.from_relays();
         // ...and a one-frame batch is encoded by the sender
         tx.send_all(&mut vec![frame(1, 2)]).await;
@@ -387,7 +371,7 @@ mod tests {
         let report = d.join().expect("dispatcher");
         assert_eq!(report.events, 9);
         let want: Vec<(u64, u64)> = (0..9).map(|s| (1, s)).collect();
-        assert_eq!(mem.lines(), want);
+        assert_eq!(lines(&mem), want);
     }
 
     /// Senders on several threads, each a connection sending its events in
@@ -439,7 +423,7 @@ mod tests {
         let report = d.join().expect("dispatcher");
         assert_eq!(report.events, CONNS * EVENTS);
         let mut next = vec![0u64; CONNS as usize + 1];
-        for (conn, seq) in mem.lines() {
+        for (conn, seq) in lines(&mem) {
             assert_eq!(
                 seq, next[conn as usize],
                 "connection {conn}: a line out of order"

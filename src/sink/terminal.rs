@@ -369,19 +369,7 @@ mod tests {
     use super::*;
     use crate::proto::event::CloseSummary;
     use crate::proto::frame::Opcode;
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl Write for Buf {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::sink::memory::Memory as Buf;
 
     #[test]
     fn frame_lines_show_direction_opcode_length_and_preview() {

@@ -80,15 +80,11 @@ impl EventRx {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Resolves when a sender found the channel full (a dispatcher that
+    /// Notified when a sender found the channel full (a dispatcher that
     /// lets events gather stops waiting then, so a burst from many
     /// connections is not held up by the pause), or when senders wrote
-    /// into the log and it wants writing out.
-    pub async fn full(&self) {
-        self.full.notified().await
-    }
-
-    /// What [`Self::full`] waits on, to wait on while receiving.
+    /// into the log and it wants writing out. A handle of its own, so it
+    /// can be waited on while receiving.
     pub fn waker(&self) -> Arc<Notify> {
         self.full.clone()
     }
@@ -246,12 +242,14 @@ mod tests {
     #[tokio::test]
     async fn a_sender_that_finds_the_queue_full_wakes_the_receiver() {
         let (tx, mut rx) = channel(1, false);
+        let full = rx.waker();
         tx.send(ev(1)).await;
         // not full yet: nothing to signal
-        let quiet = tokio::time::timeout(std::time::Duration::from_millis(50), rx.full()).await;
+        let quiet =
+            tokio::time::timeout(std::time::Duration::from_millis(50), full.notified()).await;
         assert!(quiet.is_err(), "no signal while there was room");
         let waiting = tokio::spawn(async move { tx.send(ev(2)).await });
-        tokio::time::timeout(std::time::Duration::from_secs(5), rx.full())
+        tokio::time::timeout(std::time::Duration::from_secs(5), full.notified())
             .await
             .expect("the blocked sender signals");
         let mut got = Vec::new();

@@ -234,7 +234,7 @@ pub fn spawn_dispatcher_with(
                             _ = tokio::time::sleep(GATHER) => {}
                             // many connections can fill the queue within
                             // the pause: then the relay would wait on it
-                            _ = rx.full() => {}
+                            _ = wake.notified() => {}
                         }
                     }
                 }

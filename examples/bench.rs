@@ -1318,8 +1318,8 @@ fn serve_echo(addr: &str, mode: EchoArg) -> ExitCode {
 
 /// The bare relay: bytes both ways through tokio's `copy_bidirectional`,
 /// on the threads wstap relays on (`wstap::proxy::shards`, one per CPU,
-/// wstap's default), with wstap's read size and TCP_NODELAY on both
-/// sides, and nothing else. What wstap costs above this row is its
+/// and polling after work as long as wstap's default `--busy-poll`), with
+/// wstap's read size and TCP_NODELAY on both sides, and nothing else. What wstap costs above this row is its
 /// decoding, events and log; what this row costs above direct is the
 /// second hop itself.
 ///
@@ -1351,13 +1351,15 @@ fn serve_bare(upstream: SocketAddr, log: Option<&Path>) -> ExitCode {
         }
     };
     let threads = wstap::proxy::shards::one_per_cpu();
-    let shards = match wstap::proxy::shards::Shards::start(threads) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("bare relay: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let shards =
+        match wstap::proxy::shards::Shards::start(threads, wstap::proxy::busy_poll::DEFAULT_WINDOW)
+        {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("bare relay: {e}");
+                return ExitCode::from(2);
+            }
+        };
     rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let size = wstap::proxy::io::READ_CAPACITY;
@@ -1384,8 +1386,8 @@ fn serve_bare(upstream: SocketAddr, log: Option<&Path>) -> ExitCode {
                         continue;
                     };
                     let log = log.clone();
-                    shards.spawn(&mut tasks, client, move |mut client| async move {
-                        let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
+                    shards.spawn(&mut tasks, client, move |client| async move {
+                        let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
                             return;
                         };
                         let _ = client.set_nodelay(true);
@@ -1394,6 +1396,7 @@ fn serve_bare(upstream: SocketAddr, log: Option<&Path>) -> ExitCode {
                             floor::relay(client, up, log).await;
                             return;
                         }
+                        let (mut client, mut up) = (floor::Noted(client), floor::Noted(up));
                         let _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut up, size, size)
                             .await;
                     });

@@ -328,6 +328,68 @@ async fn relay_threads_serve_connections_in_full() {
     }
 }
 
+/// CPU time (user + system, in clock ticks) of the process's relay threads.
+#[cfg(target_os = "linux")]
+fn relay_cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("/proc")
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            if !comm.starts_with("wstap-relay") {
+                return None;
+            }
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // the fields after the command name, which is in parentheses
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15, the 12th and 13th here
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
+/// Busy-polling (on by default) polls only after work: a relay thread
+/// that served a steady exchange polls in its gaps, and once the traffic
+/// stops, on an open but silent WebSocket, it sleeps, with the longest
+/// window `--busy-poll` takes, which is where a window that never closed
+/// would show most.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_polling_sleeps_once_the_traffic_stops() {
+    let echo = echo_server(EchoOptions::default()).await;
+    let upstream = format!("ws://{echo}");
+    let proxy = BinProxy::reverse(
+        &upstream,
+        &["--quiet", "--threads", "1", "--busy-poll", "10ms"],
+    )
+    .await;
+    let pid = proxy.child.id().expect("pid");
+    let (mut ws, _) = ws_client(proxy.addr, "/echo", &[]).await;
+    let busy = relay_cpu_ticks(pid);
+    for i in 0..2000 {
+        ws.send(Message::binary(vec![i as u8; 64])).await.unwrap();
+        let back = within("echo", ws.next()).await.unwrap().unwrap();
+        assert_eq!(back, Message::binary(vec![i as u8; 64]));
+    }
+    let served = relay_cpu_ticks(pid) - busy;
+    // the window's end, then a second of silence with the socket open
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = relay_cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = relay_cpu_ticks(pid) - before;
+    // a tick is 10 ms: a thread that polled on would show about 100
+    assert!(
+        idle <= 10,
+        "the relay thread used {idle} ticks in a silent second (it used {served} serving)"
+    );
+    ws.send(Message::text("still there")).await.unwrap();
+    let back = within("echo", ws.next()).await.unwrap().unwrap();
+    assert_eq!(back, Message::text("still there"));
+    let (status, stderr) = proxy.terminate().await;
+    assert!(status.success(), "exit {status:?}\n{stderr}");
+}
+
 #[test]
 fn demo_shows_a_handshake_frames_and_exits_zero() {
     let (_, _, stderr) = run_bin(&["demo"], Some(0));
@@ -377,6 +439,34 @@ fn usage_errors_exit_2_with_a_reason() {
         Some(2),
     );
     assert!(err.contains("--threads"), "{err}");
+    let (_, _, err) = run_bin(
+        &[
+            "proxy",
+            "--upstream",
+            "ws://127.0.0.1:1",
+            "--busy-poll",
+            "20ms",
+        ],
+        Some(2),
+    );
+    assert!(
+        err.contains("--busy-poll") && err.contains("at most 10ms"),
+        "{err}"
+    );
+    let (_, _, err) = run_bin(
+        &[
+            "proxy",
+            "--upstream",
+            "ws://127.0.0.1:1",
+            "--busy-poll",
+            "soon",
+        ],
+        Some(2),
+    );
+    assert!(
+        err.contains("--busy-poll") && err.contains("0 for off"),
+        "{err}"
+    );
     // a duration no deadline can hold (it panicked on every connection)
     let (_, _, err) = run_bin(
         &[

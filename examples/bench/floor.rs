@@ -9,9 +9,13 @@
 //! the file itself. No events, no channel, no sink thread, no clock, no
 //! escaping: whatever wstap `--json` costs above this row is its design,
 //! and what this row costs above the bare relay is the log's bytes alone.
+//! The bare relay's socket wrapper, which tells the relay thread's
+//! busy-polling about reads as wstap's reads do, is here too.
 
 use std::io::Write;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -53,6 +57,7 @@ async fn pump(mut rd: OwnedReadHalf, mut wr: OwnedWriteHalf, log: Arc<std::fs::F
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        wstap::proxy::busy_poll::note_work();
         if wr.write_all(&buf[..n]).await.is_err() {
             break;
         }
@@ -90,4 +95,42 @@ fn write_out(log: &std::fs::File, out: &mut Vec<u8>) {
         eprintln!("log floor: writing the log: {e}");
     }
     out.clear();
+}
+
+/// A socket that counts each read that returned data for the relay
+/// thread's busy-polling, as wstap's own reads do; the bare relay's
+/// `copy_bidirectional` reads through it.
+pub struct Noted(pub TcpStream);
+
+impl tokio::io::AsyncRead for Noted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.0).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            wstap::proxy::busy_poll::note_work();
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Noted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }

@@ -420,10 +420,12 @@ pub async fn run(
     args: ProxyArgs,
     matches: Option<&ArgMatches>,
     threads: usize,
+    busy_poll: Duration,
 ) -> anyhow::Result<ExitCode> {
     let stop = crate::cli::shutdown_signal();
     let mut run = validate(args, matches)?;
     run.config.relay_threads = threads;
+    run.config.busy_poll = busy_poll;
     let running = start(run).await?;
     stop.await;
     running.stop().await?;

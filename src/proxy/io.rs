@@ -165,6 +165,7 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
             .read_buf(&mut self.buf)
             .await?;
         self.total += n as u64;
+        super::busy_poll::note_work();
         Ok(n)
     }
 
@@ -209,6 +210,7 @@ impl<R: AsyncRead + Unpin> Inbound<R> {
                         self.buf = buf;
                         self.start = 0;
                         self.total += n as u64;
+                        super::busy_poll::note_work();
                         return Ok(n);
                     }
                     Some(Err(e)) => {

@@ -4,6 +4,7 @@
 
 pub mod allow;
 pub mod body;
+pub mod busy_poll;
 pub mod conn;
 pub mod forward;
 pub mod io;
@@ -108,6 +109,9 @@ pub struct ProxyConfig {
     /// Threads that relay connections, each with its own event loop
     /// (`--threads`; see `shards`); 0 runs them on the caller's runtime.
     pub relay_threads: usize,
+    /// How long a relay thread polls after work before it sleeps, at
+    /// most (`--busy-poll`; see `busy_poll`); zero: it sleeps at once.
+    pub busy_poll: Duration,
 }
 
 impl ProxyConfig {
@@ -136,6 +140,7 @@ impl ProxyConfig {
             listener_tls: None,
             insecure: false,
             relay_threads: 0,
+            busy_poll: Duration::ZERO,
         }
     }
 }
@@ -223,7 +228,8 @@ impl Proxy {
             addr: cfg.listen,
             source,
         })?;
-        let shards = Shards::start(cfg.relay_threads).map_err(ProxyError::Threads)?;
+        let shards =
+            Shards::start(cfg.relay_threads, cfg.busy_poll).map_err(ProxyError::Threads)?;
         let connector = Connector {
             timeout: cfg.connect_timeout,
             tls,

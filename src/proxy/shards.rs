@@ -5,11 +5,14 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
+
+use super::busy_poll;
 
 /// One relay thread.
 struct Shard {
@@ -32,21 +35,31 @@ pub struct Shards {
 }
 
 impl Shards {
-    /// Starts `n` relay threads (none for `n == 0`).
-    pub fn start(n: usize) -> std::io::Result<Shards> {
+    /// Starts `n` relay threads (none for `n == 0`), each polling for up
+    /// to `busy_poll` after work before it sleeps (`busy_poll`; zero: it
+    /// sleeps at once).
+    pub fn start(n: usize, busy_poll: Duration) -> std::io::Result<Shards> {
         let mut shards = Vec::with_capacity(n);
         for i in 0..n {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let mut rt = tokio::runtime::Builder::new_current_thread();
+            rt.enable_all();
+            if !busy_poll.is_zero() {
+                rt.on_thread_park(move || busy_poll::before_park(busy_poll));
+            }
+            let rt = rt.build()?;
             let handle = rt.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
             let thread = std::thread::Builder::new()
                 .name(format!("wstap-relay-{i}"))
                 .spawn(move || {
                     // Until the proxy drops its `Shards`; a sender dropped
-                    // without sending ends it the same way.
-                    let _ = rt.block_on(stopped);
+                    // without sending ends it the same way. The park hook
+                    // wakes this future to keep the thread polling.
+                    let mut stopped = stopped;
+                    let _ = rt.block_on(std::future::poll_fn(move |cx| {
+                        busy_poll::keep_waker(cx.waker());
+                        std::pin::Pin::new(&mut stopped).poll(cx)
+                    }));
                 })?;
             shards.push(Shard {
                 handle,
@@ -155,7 +168,7 @@ mod tests {
     #[tokio::test]
     async fn connections_spread_over_the_threads_and_work_there() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let shards = Shards::start(2).expect("threads");
+        let shards = Shards::start(2, Duration::ZERO).expect("threads");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

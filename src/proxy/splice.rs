@@ -218,6 +218,7 @@ impl Pipe {
             }
         }
         SPLICED.fetch_add(got as u64, Ordering::Relaxed);
+        super::busy_poll::note_work();
         Ok(got)
     }
 }

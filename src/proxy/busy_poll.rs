@@ -15,12 +15,13 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_WINDOW: Duration = Duration::from_micros(50);
 
 thread_local! {
-    /// Reads that returned data on this thread: the relay's sign of work.
+    /// Completed reads (data or end of stream) and splices on this thread:
+    /// the relay's sign of work.
     static WORK: Cell<u64> = const { Cell::new(0) };
     static STATE: RefCell<State> = const { RefCell::new(State::new()) };
 }
 
-/// Counts a read that returned data on this thread.
+/// Counts a completed read or splice on this thread.
 #[inline]
 pub fn note_work() {
     WORK.with(|w| w.set(w.get().wrapping_add(1)));

@@ -1319,9 +1319,9 @@ fn serve_echo(addr: &str, mode: EchoArg) -> ExitCode {
 /// The bare relay: bytes both ways through tokio's `copy_bidirectional`,
 /// on the threads wstap relays on (`wstap::proxy::shards`, one per CPU,
 /// and polling after work as long as wstap's default `--busy-poll`), with
-/// wstap's read size and TCP_NODELAY on both sides, and nothing else. What wstap costs above this row is its
-/// decoding, events and log; what this row costs above direct is the
-/// second hop itself.
+/// wstap's read size and TCP_NODELAY on both sides, and nothing else.
+/// What wstap costs above this row is its decoding, events and log; what
+/// this row costs above direct is the second hop itself.
 ///
 /// With `log` it is the log floor instead (`bench/floor.rs`).
 fn serve_bare(upstream: SocketAddr, log: Option<&Path>) -> ExitCode {

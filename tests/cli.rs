@@ -439,49 +439,25 @@ fn usage_errors_exit_2_with_a_reason() {
         Some(2),
     );
     assert!(err.contains("--threads"), "{err}");
-    let (_, _, err) = run_bin(
-        &[
-            "proxy",
-            "--upstream",
-            "ws://127.0.0.1:1",
-            "--busy-poll",
-            "20ms",
-        ],
-        Some(2),
-    );
-    assert!(
-        err.contains("--busy-poll") && err.contains("at most 10ms"),
-        "{err}"
-    );
-    let (_, _, err) = run_bin(
-        &[
-            "proxy",
-            "--upstream",
-            "ws://127.0.0.1:1",
-            "--busy-poll",
-            "soon",
-        ],
-        Some(2),
-    );
-    assert!(
-        err.contains("--busy-poll") && err.contains("0 for off"),
-        "{err}"
-    );
-    // a duration no deadline can hold (it panicked on every connection)
-    let (_, _, err) = run_bin(
-        &[
-            "proxy",
-            "--upstream",
-            "ws://127.0.0.1:1",
+    for (flag, value, says) in [
+        ("--busy-poll", "20ms", "at most 10ms"),
+        ("--busy-poll", "soon", "0 for off"),
+        // a duration no deadline can hold (it panicked on every connection)
+        (
             "--connect-timeout",
             "18446744073709551615s",
-        ],
-        Some(2),
-    );
-    assert!(
-        err.contains("--connect-timeout") && err.contains("at most 365 days"),
-        "{err}"
-    );
+            "at most 365 days",
+        ),
+    ] {
+        let (_, _, err) = run_bin(
+            &["proxy", "--upstream", "ws://127.0.0.1:1", flag, value],
+            Some(2),
+        );
+        assert!(
+            err.contains(flag) && err.contains(says),
+            "{flag} {value}: {err}"
+        );
+    }
     let (_, out, _) = run_bin(&["proxy", "--help"], Some(0));
     assert!(
         out.contains("[default: 127.0.0.1:9000]"),

@@ -36,12 +36,10 @@ pub struct Cli {
     pub busy_poll: Option<Duration>,
 }
 
+/// `--busy-poll`: humantime (which takes a bare "0"), at most 10 ms.
 fn parse_busy_poll(s: &str) -> Result<Duration, String> {
-    let d = if s == "0" {
-        Duration::ZERO
-    } else {
-        humantime::parse_duration(s).map_err(|e| format!("{e} (say 50us, 1ms, or 0 for off)"))?
-    };
+    let d =
+        humantime::parse_duration(s).map_err(|e| format!("{e} (say 50us, 1ms, or 0 for off)"))?;
     if d > Duration::from_millis(10) {
         return Err("at most 10ms: a longer window only burns CPU".into());
     }

@@ -27,6 +27,12 @@ pub fn note_work() {
     WORK.with(|w| w.set(w.get().wrapping_add(1)));
 }
 
+/// Sets this thread's polling window to at most `max`; called once, as
+/// the relay thread starts.
+pub fn set_window(max: Duration) {
+    STATE.with(|s| s.borrow_mut().window = Window::new(max));
+}
+
 /// Keeps the waker of the future the relay thread blocks on, which the
 /// park hook wakes to keep the thread polling instead of sleeping.
 pub fn keep_waker(w: &Waker) {
@@ -43,14 +49,11 @@ pub fn keep_waker(w: &Waker) {
 /// thread's main future, so the runtime polls its sockets without
 /// blocking (and without taking the CPU from a process waiting for it:
 /// each turn yields the CPU first); past it, the thread sleeps.
-pub fn before_park(max: Duration) {
+pub fn before_park() {
     let now = Instant::now();
     let work = WORK.with(Cell::get);
     STATE.with(|s| {
         let mut s = s.borrow_mut();
-        if s.window.max != max {
-            s.window = Window::new(max);
-        }
         if work != s.seen {
             s.seen = work;
             if s.blocked {
@@ -190,14 +193,15 @@ mod tests {
             let waker = Waker::from(std::sync::Arc::new(Count(woken.clone())));
             keep_waker(&waker);
             let max = Duration::from_millis(200);
+            set_window(max);
             // no work yet: sleep
-            before_park(max);
+            before_park();
             assert_eq!(woken.load(std::sync::atomic::Ordering::SeqCst), 0);
             note_work();
-            before_park(max);
+            before_park();
             assert_eq!(woken.load(std::sync::atomic::Ordering::SeqCst), 1);
             std::thread::sleep(max + Duration::from_millis(50));
-            before_park(max);
+            before_park();
             assert_eq!(woken.load(std::sync::atomic::Ordering::SeqCst), 1);
             STATE.with(|s| assert!(s.borrow().blocked));
         })

@@ -36,15 +36,15 @@ pub struct Shards {
 
 impl Shards {
     /// Starts `n` relay threads (none for `n == 0`), each polling for up
-    /// to `busy_poll` after work before it sleeps (`busy_poll`; zero: it
+    /// to `window` after work before it sleeps (`busy_poll`; zero: it
     /// sleeps at once).
-    pub fn start(n: usize, busy_poll: Duration) -> std::io::Result<Shards> {
+    pub fn start(n: usize, window: Duration) -> std::io::Result<Shards> {
         let mut shards = Vec::with_capacity(n);
         for i in 0..n {
             let mut rt = tokio::runtime::Builder::new_current_thread();
             rt.enable_all();
-            if !busy_poll.is_zero() {
-                rt.on_thread_park(move || busy_poll::before_park(busy_poll));
+            if !window.is_zero() {
+                rt.on_thread_park(busy_poll::before_park);
             }
             let rt = rt.build()?;
             let handle = rt.handle().clone();
@@ -55,6 +55,7 @@ impl Shards {
                     // Until the proxy drops its `Shards`; a sender dropped
                     // without sending ends it the same way. The park hook
                     // wakes this future to keep the thread polling.
+                    busy_poll::set_window(window);
                     let mut stopped = stopped;
                     let _ = rt.block_on(std::future::poll_fn(move |cx| {
                         busy_poll::keep_waker(cx.waker());

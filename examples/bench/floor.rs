@@ -9,8 +9,8 @@
 //! the file itself. No events, no channel, no sink thread, no clock, no
 //! escaping: whatever wstap `--json` costs above this row is its design,
 //! and what this row costs above the bare relay is the log's bytes alone.
-//! The bare relay's socket wrapper, which tells the relay thread's
-//! busy-polling about reads as wstap's reads do, is here too.
+//! Its socket wrapper, which tells the relay thread's busy-polling about
+//! reads as wstap's reads do, serves the bare relay too.
 
 use std::io::Write;
 use std::pin::Pin;
@@ -39,12 +39,17 @@ pub async fn relay(client: TcpStream, up: TcpStream, log: Arc<std::fs::File>) {
     let (cr, cw) = client.into_split();
     let (ur, uw) = up.into_split();
     tokio::join!(
-        pump(cr, uw, log.clone(), "client"),
-        pump(ur, cw, log, "server")
+        pump(Noted(cr), uw, log.clone(), "client"),
+        pump(Noted(ur), cw, log, "server")
     );
 }
 
-async fn pump(mut rd: OwnedReadHalf, mut wr: OwnedWriteHalf, log: Arc<std::fs::File>, from: &str) {
+async fn pump(
+    mut rd: Noted<OwnedReadHalf>,
+    mut wr: OwnedWriteHalf,
+    log: Arc<std::fs::File>,
+    from: &str,
+) {
     let mut buf = vec![0u8; wstap::proxy::io::READ_CAPACITY];
     let mut out: Vec<u8> = Vec::with_capacity(FLUSH_AT + 2 * 1024);
     let preview = [b'0'; PREVIEW_MAX as usize];
@@ -57,7 +62,6 @@ async fn pump(mut rd: OwnedReadHalf, mut wr: OwnedWriteHalf, log: Arc<std::fs::F
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        wstap::proxy::busy_poll::note_work();
         if wr.write_all(&buf[..n]).await.is_err() {
             break;
         }
@@ -97,12 +101,12 @@ fn write_out(log: &std::fs::File, out: &mut Vec<u8>) {
     out.clear();
 }
 
-/// A socket that counts each read that returned data for the relay
-/// thread's busy-polling, as wstap's own reads do; the bare relay's
-/// `copy_bidirectional` reads through it.
-pub struct Noted(pub TcpStream);
+/// A socket (or its read half) that counts each read that returned data
+/// for the relay thread's busy-polling, as wstap's own reads do; the bare
+/// relay's `copy_bidirectional` and the floor's pumps read through it.
+pub struct Noted<T>(pub T);
 
-impl tokio::io::AsyncRead for Noted {
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Noted<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -117,7 +121,7 @@ impl tokio::io::AsyncRead for Noted {
     }
 }
 
-impl tokio::io::AsyncWrite for Noted {
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Noted<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -3,11 +3,16 @@
 //! demo, and usage errors.
 
 mod common;
+#[cfg(target_os = "linux")]
+#[path = "common/proc_stats.rs"]
+mod proc_stats;
 
 use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
+#[cfg(target_os = "linux")]
+use proc_stats::{relay_cpu_ticks, relay_tasks};
 use tokio_tungstenite::tungstenite::Message;
 use wstap::demo::echo::EchoOptions;
 use wstap::proto::event::{Dir, Event, EventKind};
@@ -226,12 +231,7 @@ async fn relay_threads_serve_connections_in_full() {
     let (proxy, log) = BinProxy::reverse_with_log(&upstream, &["--quiet", "--threads", "3"]).await;
     let pid = proxy.child.id().expect("pid");
     let relay_threads = || {
-        let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .expect("/proc")
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .map(|s| s.trim().to_owned())
-            .filter(|s| s.starts_with("wstap-relay"))
-            .collect();
+        let mut names: Vec<String> = relay_tasks(pid).into_iter().map(|(n, _)| n).collect();
         names.sort();
         names
     };
@@ -326,27 +326,6 @@ async fn relay_threads_serve_connections_in_full() {
             "{conn:?}: {kinds:?}"
         );
     }
-}
-
-/// CPU time (user + system, in clock ticks) of the process's relay threads.
-#[cfg(target_os = "linux")]
-fn relay_cpu_ticks(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("/proc")
-        .filter_map(|t| {
-            let dir = t.ok()?.path();
-            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
-            if !comm.starts_with("wstap-relay") {
-                return None;
-            }
-            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-            // the fields after the command name, which is in parentheses
-            let rest = stat.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // utime and stime are fields 14 and 15, the 12th and 13th here
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .sum()
 }
 
 /// Busy-polling (on by default) polls only after work: a relay thread

@@ -1,5 +1,9 @@
 //! What a child process holds, from /proc: open file descriptors and
-//! memory (VmRSS now, VmHWM the peak), to check for leaks and bounds.
+//! memory (VmRSS now, VmHWM the peak), to check for leaks and bounds, and
+//! its relay threads with their CPU time.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::path::PathBuf;
 
 /// Open file descriptors of `pid`.
 pub fn fd_count(pid: u32) -> usize {
@@ -37,4 +41,34 @@ pub fn hwm_kib(pid: u32) -> u64 {
 /// limit.
 pub fn raise_nofile() -> u64 {
     rlimit::increase_nofile_limit(u64::MAX).expect("raise RLIMIT_NOFILE")
+}
+
+/// The relay threads (`wstap-relay-N`) of `pid`: name and /proc task
+/// directory.
+pub fn relay_tasks(pid: u32) -> Vec<(String, PathBuf)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/task: {e}"))
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+            let name = name.trim();
+            name.starts_with("wstap-relay")
+                .then(|| (name.to_owned(), dir))
+        })
+        .collect()
+}
+
+/// CPU time (user + system, in clock ticks) of `pid`'s relay threads.
+pub fn relay_cpu_ticks(pid: u32) -> u64 {
+    relay_tasks(pid)
+        .iter()
+        .filter_map(|(_, dir)| {
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // the fields after the command name, which is in parentheses
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15, the 12th and 13th here
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
 }

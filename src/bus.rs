@@ -4,14 +4,15 @@
 //! the relay wait (the log is the product); in lossy mode events are
 //! dropped and counted instead. When the NDJSON log is the only output,
 //! a short batch of frame events skips the channel: the sender encodes it
-//! into the log's buffer itself (see [`EventTx::send_all`]).
+//! into the log's buffer itself (see [`EventTx::send_all`]); when no output
+//! lists frames, relays send none.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{mpsc, Notify};
 
-use crate::proto::event::Event;
+use crate::proto::event::{Event, EventKind};
 use crate::sink::ndjson::SharedLog;
 
 /// Batches queued between the relay and the sinks before senders wait.
@@ -38,6 +39,9 @@ pub struct EventTx {
     /// order.
     pending: Arc<AtomicUsize>,
     log: Arc<OnceLock<Arc<SharedLog>>>,
+    /// No output takes frame events (`--quiet` and no file, no live
+    /// view): senders leave them out instead of waking a thread to drop them.
+    frames_unwanted: Arc<AtomicBool>,
 }
 
 /// The receiving side, owned by the sink dispatcher.
@@ -49,9 +53,16 @@ pub struct EventRx {
     full: Arc<Notify>,
     pending: Arc<AtomicUsize>,
     log: Arc<OnceLock<Arc<SharedLog>>>,
+    frames_unwanted: Arc<AtomicBool>,
 }
 
 impl EventRx {
+    /// Tells senders that no output wants frame events: they keep the
+    /// rest (connections, findings, closes) and send no frames.
+    pub fn frames_unwanted(&self) {
+        self.frames_unwanted.store(true, Ordering::Relaxed);
+    }
+
     /// Lets senders encode short batches of frame events into `log`
     /// themselves. Only when `log` is the only output: other sinks would
     /// not see those events.
@@ -123,6 +134,7 @@ pub fn channel(capacity: usize, lossy: bool) -> (EventTx, EventRx) {
     let full = Arc::new(Notify::new());
     let pending = Arc::new(AtomicUsize::new(0));
     let log = Arc::new(OnceLock::new());
+    let frames_unwanted = Arc::new(AtomicBool::new(false));
     (
         EventTx {
             tx,
@@ -131,6 +143,7 @@ pub fn channel(capacity: usize, lossy: bool) -> (EventTx, EventRx) {
             full: full.clone(),
             pending: pending.clone(),
             log: log.clone(),
+            frames_unwanted: frames_unwanted.clone(),
         },
         EventRx {
             rx,
@@ -140,6 +153,7 @@ pub fn channel(capacity: usize, lossy: bool) -> (EventTx, EventRx) {
             full,
             pending,
             log,
+            frames_unwanted,
         },
     )
 }
@@ -196,6 +210,9 @@ impl EventTx {
     /// into the log here instead when the log lets senders in and that
     /// keeps the order (see `write_here`).
     pub async fn send_all(&self, evs: &mut Vec<Event>) {
+        if self.frames_unwanted.load(Ordering::Relaxed) {
+            evs.retain(|e| !matches!(e.kind, EventKind::Frame(_)));
+        }
         if self.write_here(evs) {
             evs.clear();
             return;
@@ -279,6 +296,46 @@ mod tests {
         let mut want: Vec<String> = (0..(MAX_BATCH * 2 + 7)).map(|i| i.to_string()).collect();
         want.push("9999".into());
         assert_eq!(names, want);
+    }
+
+    #[tokio::test]
+    async fn unwanted_frames_are_left_out_and_the_rest_still_sent() {
+        let (tx, mut rx) = channel(8, false);
+        let frame = || {
+            Event::new(
+                SystemTime::now(),
+                None,
+                EventKind::Frame(crate::proto::event::FrameEvent::new(
+                    crate::proto::event::Dir::ClientToServer,
+                    crate::proto::frame::Opcode::Text,
+                    1,
+                )),
+            )
+        };
+        let mut before = vec![frame()];
+        tx.send_all(&mut before).await;
+        rx.frames_unwanted();
+        let mut only_frames = vec![frame(), frame()];
+        tx.send_all(&mut only_frames).await;
+        assert!(only_frames.is_empty());
+        let mut mixed = vec![frame(), ev(1), frame()];
+        tx.send_all(&mut mixed).await;
+        drop(tx);
+        let mut got = Vec::new();
+        while rx.recv_many(&mut got, 16).await > 0 {}
+        let kinds: Vec<&str> = got
+            .iter()
+            .map(|e| match &e.kind {
+                EventKind::Frame(_) => "frame",
+                EventKind::Error(_) => "error",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["frame", "error"],
+            "the frame sent before, then only the error"
+        );
     }
 
     #[tokio::test]

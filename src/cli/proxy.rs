@@ -495,6 +495,11 @@ pub async fn start(run: ProxyRun) -> anyhow::Result<Running> {
             rx.write_frames_to(log);
         }
     }
+    if sinks.is_empty() {
+        // `--quiet` and nothing else: the taps still decode every frame
+        // (findings, the close summary), but no output lists frames
+        rx.frames_unwanted();
+    }
     let dispatcher =
         spawn_dispatcher_with(rx, sinks, opts).context("starting the output thread")?;
     let addr = proxy.local_addr();

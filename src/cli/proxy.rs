@@ -489,7 +489,7 @@ pub async fn start(run: ProxyRun) -> anyhow::Result<Running> {
         let opened = f.create()?;
         sinks.push(opened.sink);
         // The log is the only output (`--quiet --json FILE`): relays may
-        // write short batches of frames into it themselves, which no other
+        // write their frame lines into it themselves, which no other
         // output would then see.
         if let Some(log) = opened.log.filter(|_| only_file) {
             rx.write_frames_to(log);

@@ -4,8 +4,8 @@
 //!
 //! The buffer ([`SharedLog`]) can also take frame lines from the relay
 //! threads themselves (see `bus::EventTx::send_all`): when the log is the
-//! only output, a read that held one frame is cheaper to encode where it
-//! was read than to hand to the sink thread as an event.
+//! only output, a read's frames are cheaper to encode where they were
+//! read than to hand to the sink thread as events.
 
 use std::fs::File;
 use std::io::{self, Write};

@@ -58,7 +58,7 @@ impl EventRx {
         self.frames_unwanted.store(true, Ordering::Relaxed);
     }
 
-    /// Lets senders encode short batches of frame events into `log`
+    /// Lets senders encode their batches of frame events into `log`
     /// themselves. Only when `log` is the only output: other sinks would
     /// not see those events.
     pub fn write_frames_to(&self, log: Arc<SharedLog>) {

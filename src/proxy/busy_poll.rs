@@ -54,9 +54,9 @@ pub fn keep_waker(w: &Waker) {
 /// The park hook of a relay thread's runtime, run each time it has
 /// nothing left to do: within the window after the last work (unless that
 /// work was a crowded turn, see [`CROWDED`]) it wakes the thread's main
-/// future, so the runtime polls its sockets without
-/// blocking (and without taking the CPU from a process waiting for it:
-/// each turn yields the CPU first); past it, the thread sleeps.
+/// future, so the runtime polls its sockets without blocking (and without
+/// taking the CPU from a process waiting for it: each turn yields the CPU
+/// first); past it, the thread sleeps.
 pub fn before_park() {
     let now = Instant::now();
     let work = WORK.with(Cell::get);

@@ -240,7 +240,8 @@ impl EventTx {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::event::{ErrorEvent, EventKind};
+    use crate::proto::event::{Dir, ErrorEvent, EventKind, FrameEvent};
+    use crate::proto::frame::Opcode;
     use std::time::SystemTime;
 
     fn ev(i: usize) -> Event {
@@ -302,11 +303,7 @@ mod tests {
             Event::new(
                 SystemTime::now(),
                 None,
-                EventKind::Frame(crate::proto::event::FrameEvent::new(
-                    crate::proto::event::Dir::ClientToServer,
-                    crate::proto::frame::Opcode::Text,
-                    1,
-                )),
+                EventKind::Frame(FrameEvent::new(Dir::ClientToServer, Opcode::Text, 1)),
             )
         };
         let mut before = vec![frame()];

@@ -113,7 +113,7 @@ pub fn main() -> ExitCode {
             if is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("wstap: {e:#}");
+            eprintln!("wstap: {}", describe(&e));
             ExitCode::from(2)
         }
     }
@@ -140,6 +140,24 @@ fn print_report(text: &str, code: ExitCode) -> anyhow::Result<ExitCode> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(code),
         Err(e) => Err(e.into()),
     }
+}
+
+/// `e` and its causes, joined by ": " as `{:#}` joins them, leaving out a
+/// cause the message already ends with: wstap's errors name their cause
+/// in their own text (an event's `message` is printed with `{}`) and
+/// expose it as the source too, and the user should not read it twice.
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let cause = cause.to_string();
+        if text.is_empty() {
+            text = cause;
+        } else if !text.ends_with(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -199,5 +217,24 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         async {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_printed_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(crate::diff::DiffError::Read {
+            path: "a.ndjson".into(),
+            source: io(),
+        })
+        .context("FRONT");
+        assert_eq!(describe(&e), "FRONT: cannot read a.ndjson: no such file");
+        // a cause the message does not name is still shown
+        let e = anyhow::Error::new(io()).context("cannot open the log");
+        assert_eq!(describe(&e), "cannot open the log: no such file");
     }
 }

@@ -211,7 +211,7 @@ impl EventTx {
             evs.retain(|e| !matches!(e.kind, EventKind::Frame(_)));
         }
         if self.write_here(evs) {
-            evs.clear();
+            crate::proto::preview::recycle(evs);
             return;
         }
         if evs.len() <= MAX_BATCH {

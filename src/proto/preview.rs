@@ -1,13 +1,24 @@
 //! Turns payload bytes into an event preview: UTF-8 when it is text a person
 //! can read, hex otherwise. Never lossy: a preview is either the exact text
-//! or the exact bytes.
+//! or the exact bytes. Preview strings are reused per thread (see
+//! [`recycle`]): a frame event's one allocation otherwise.
 
-use super::event::Encoding;
+use std::cell::RefCell;
+
+use super::event::{Encoding, Event, EventKind};
 
 /// Renders `bytes` (already unmasked/inflated). `text` says the payload
 /// belongs to a text message; `cut` that `bytes` stops before the payload
 /// ends, so a character split at the cut may be dropped.
 pub fn render(bytes: &[u8], text: bool, cut: bool) -> (String, Encoding) {
+    let mut out = String::new();
+    let encoding = render_into(bytes, text, cut, &mut out);
+    (out, encoding)
+}
+
+/// [`render`] into `out` (cleared first).
+fn render_into(bytes: &[u8], text: bool, cut: bool, out: &mut String) -> Encoding {
+    out.clear();
     let s = match std::str::from_utf8(bytes) {
         Ok(s) => Some(s),
         Err(e) if cut && e.error_len().is_none() => {
@@ -17,9 +28,57 @@ pub fn render(bytes: &[u8], text: bool, cut: bool) -> (String, Encoding) {
         Err(_) => None,
     };
     match s {
-        Some(s) if text || readable(s) => (s.to_string(), Encoding::Utf8),
-        _ => (hex(bytes), Encoding::Hex),
+        Some(s) if text || readable(s) => {
+            out.push_str(s);
+            Encoding::Utf8
+        }
+        _ => {
+            hex_into(bytes, out);
+            Encoding::Hex
+        }
     }
+}
+
+/// Preview strings a thread keeps for its next frames, at most; and the
+/// largest one kept: the hex of a default (256-byte) preview, so a pooled
+/// string never holds more room than a default preview needs. Bounds the
+/// pool at 128 KiB per thread.
+const KEEP: usize = 256;
+const KEEP_CAPACITY: usize = 512;
+
+thread_local! {
+    static SPARE: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// [`render`] into a string this thread used before, when it has one.
+/// Small frames come at wire speed in batches of hundreds, more than the
+/// allocator's per-thread cache holds, so each one's preview cost a trip
+/// into the allocator's shared lists.
+pub fn render_pooled(bytes: &[u8], text: bool, cut: bool) -> (String, Encoding) {
+    let mut out = SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+    let encoding = render_into(bytes, text, cut, &mut out);
+    (out, encoding)
+}
+
+/// Empties `evs`, keeping the frame events' preview strings for
+/// [`render_pooled`] on this thread. For events that end here, once
+/// encoded; events handed to another thread are dropped there as usual.
+pub fn recycle(evs: &mut Vec<Event>) {
+    SPARE.with(|s| {
+        let mut s = s.borrow_mut();
+        // in place: an event is a few hundred bytes to move
+        for ev in evs.iter_mut() {
+            if s.len() >= KEEP {
+                break;
+            }
+            if let EventKind::Frame(f) = &mut ev.kind {
+                if (1..=KEEP_CAPACITY).contains(&f.preview.capacity()) {
+                    s.push(std::mem::take(&mut f.preview));
+                }
+            }
+        }
+    });
+    evs.clear();
 }
 
 /// Binary payloads are shown as text only when nothing in them is a
@@ -57,13 +116,20 @@ fn readable(s: &str) -> bool {
 }
 
 pub fn hex(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    hex_into(bytes, &mut out);
+    out
+}
+
+/// Appends `bytes` in lowercase hex to `out`.
+fn hex_into(bytes: &[u8], out: &mut String) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
     // bytes, not chars: every binary frame's preview comes through here
-    let mut out = Vec::with_capacity(bytes.len() * 2);
     for b in bytes {
-        out.extend_from_slice(&[DIGITS[(b >> 4) as usize], DIGITS[(b & 0xf) as usize]]);
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 0xf) as usize] as char);
     }
-    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Inverse of [`hex`], for reading logs back.
@@ -103,6 +169,43 @@ mod tests {
             let lossy = String::from_utf8_lossy(&bytes);
             proptest::prop_assert_eq!(readable(&lossy), readable_by_chars(&lossy));
         }
+    }
+
+    fn frame_with(preview: String) -> Event {
+        use super::super::event::{ConnId, Dir, FrameEvent};
+        use super::super::frame::Opcode;
+        let mut f = FrameEvent::new(Dir::ClientToServer, Opcode::Text, 1);
+        f.preview = preview;
+        Event::conn(std::time::SystemTime::now(), ConnId(1), EventKind::Frame(f))
+    }
+
+    #[test]
+    fn recycled_previews_are_reused_and_the_pool_is_bounded() {
+        // a thread of its own: the pool is per thread
+        std::thread::spawn(|| {
+            let (first, _) = render_pooled(b"hello", true, false);
+            let at = first.as_ptr();
+            let mut evs = vec![frame_with(first)];
+            recycle(&mut evs);
+            assert!(evs.is_empty());
+            let (again, enc) = render_pooled(b"bye", true, false);
+            assert_eq!((again.as_str(), enc), ("bye", Encoding::Utf8));
+            assert_eq!(again.as_ptr(), at, "the recycled string is used again");
+            // too large to keep, and never more than KEEP
+            let mut evs: Vec<Event> = [frame_with(String::with_capacity(KEEP_CAPACITY + 1))]
+                .into_iter()
+                .chain((0..KEEP + 10).map(|_| frame_with(String::with_capacity(64))))
+                .collect();
+            recycle(&mut evs);
+            let kept = SPARE.with(|s| s.borrow().len());
+            assert_eq!(kept, KEEP);
+            assert!(SPARE.with(|s| s.borrow().iter().all(|p| p.capacity() <= KEEP_CAPACITY)));
+            // a pooled string holding older text renders only the new
+            let (hex, enc) = render_pooled(&[0, 0xff], false, false);
+            assert_eq!((hex.as_str(), enc), ("00ff", Encoding::Hex));
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

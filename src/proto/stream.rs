@@ -624,7 +624,7 @@ impl StreamTap {
         let (preview, encoding) = if kept.is_empty() || unavailable {
             (String::new(), Encoding::Utf8)
         } else {
-            preview::render(kept, cur.text, shown < total)
+            preview::render_pooled(kept, cur.text, shown < total)
         };
         let truncated = shown < total || (cur.compressed && note.is_some());
         let payload = (self.cfg.capture > 0 && !unavailable)

@@ -57,36 +57,45 @@ fn needs_escape(x: u8) -> bool {
     x < 0x20 || x == b'"' || x == b'\\'
 }
 
-/// Whether any byte of `c` [`needs_escape`]: a fold with no early exit,
-/// which the compiler turns into a few vector instructions per chunk.
+/// The first index at or after `i` whose byte [`needs_escape`], or
+/// `v.len()`; eight bytes at a time, as one `u64` each. In a word, the
+/// masks below flag every byte that needs escaping and may flag bytes
+/// above one (a borrow runs upward), never below: so the lowest flag,
+/// the only one used, is exact.
 #[inline]
-fn any_escape(c: &[u8; 16]) -> bool {
-    c.iter().fold(false, |m, &x| m | needs_escape(x))
+fn find_escape(v: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = ONES << 7;
+    // the bytes of `x` that are 0
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    while let Some(c) = v.get(i..).and_then(<[u8]>::first_chunk::<8>) {
+        let w = u64::from_le_bytes(*c);
+        let below_space = w.wrapping_sub(0x20 * ONES) & !w & HIGH;
+        let hit = below_space | zero(w ^ (b'"' as u64 * ONES)) | zero(w ^ (b'\\' as u64 * ONES));
+        if hit != 0 {
+            return i + (hit.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < v.len() && !needs_escape(v[i]) {
+        i += 1;
+    }
+    i
 }
 
 /// `v` as a JSON string, escaped exactly as serde_json escapes it (tests
 /// hold it to that for every character): `"` and `\` with a backslash,
 /// the control characters below 0x20 as `\b \t \n \f \r` or `\u00xx`
 /// (lowercase hex), every other byte (0x7f and non-ASCII included) as it is.
-/// Runs with nothing to escape (a hex preview is one) are skipped 16 bytes
-/// at a time and copied whole.
+/// Runs with nothing to escape are found a word at a time and copied whole.
 fn push_escaped(out: &mut Vec<u8>, v: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.reserve(v.len() + 2);
     out.push(b'"');
     // start of the bytes not yet copied
     let mut from = 0;
-    let mut i = 0;
     loop {
-        while let Some(c) = v.get(i..).and_then(<[u8]>::first_chunk::<16>) {
-            if any_escape(c) {
-                break;
-            }
-            i += 16;
-        }
-        while i < v.len() && !needs_escape(v[i]) {
-            i += 1;
-        }
+        let i = find_escape(v, from);
         let Some(&x) = v.get(i) else { break };
         out.extend_from_slice(&v[from..i]);
         match x {
@@ -103,8 +112,7 @@ fn push_escaped(out: &mut Vec<u8>, v: &[u8]) {
                 out.push(HEX[(x & 0xf) as usize]);
             }
         }
-        i += 1;
-        from = i;
+        from = i + 1;
     }
     out.extend_from_slice(&v[from..]);
     out.push(b'"');
@@ -194,10 +202,12 @@ impl FrameEncoder {
 impl FrameEncoder {
     fn frame_fields(&self, out: &mut Vec<u8>, f: &FrameEvent) {
         out.extend_from_slice(match f.from {
-            Dir::ClientToServer => b",\"from\":\"client\"",
-            Dir::ServerToClient => b",\"from\":\"server\"",
+            Dir::ClientToServer => b",\"from\":\"client\",\"opcode\":\"",
+            Dir::ServerToClient => b",\"from\":\"server\",\"opcode\":\"",
         });
-        push_str(out, b",\"opcode\":", f.opcode.name());
+        // no opcode's name needs escaping
+        out.extend_from_slice(f.opcode.name().as_bytes());
+        out.push(b'"');
         out.extend_from_slice(&self.flags[flags_index(f)]);
         push_u64(out, b",\"len\":", f.len);
         push_str(out, b",\"preview\":", &f.preview);
@@ -310,6 +320,23 @@ mod tests {
         }
     }
 
+    proptest! {
+        #[test]
+        fn find_escape_finds_the_first(v in proptest::collection::vec(any::<u8>(), 0..40), from in 0usize..40) {
+            let from = from.min(v.len());
+            let first = v[from..].iter().position(|&x| needs_escape(x)).map_or(v.len(), |p| from + p);
+            prop_assert_eq!(find_escape(&v, from), first);
+        }
+    }
+
+    #[test]
+    fn no_opcode_name_needs_escaping() {
+        for bits in 0..16 {
+            let name = Opcode::from_bits(bits).name();
+            assert!(!name.bytes().any(needs_escape), "{name}");
+        }
+    }
+
     #[test]
     fn every_byte_at_every_place_of_a_chunk() {
         for b in 0..=255u8 {
@@ -317,8 +344,9 @@ mod tests {
                 for fill in [b'a', 0xff, 0x20, 0x00, b'"'] {
                     let mut c = [fill; 16];
                     c[at] = b;
-                    assert_eq!(any_escape(&c), c.iter().any(|&x| needs_escape(x)), "{c:?}");
-                    // two chunks and a tail: the chunk loop, then the byte loop
+                    let first = c.iter().position(|&x| needs_escape(x)).unwrap_or(16);
+                    assert_eq!(find_escape(&c, 0), first, "{c:?}");
+                    // whole words and a tail: the word loop, then the byte loop
                     let s = [&c[..], &c[..], &c[..at]].concat();
                     let mut fast = Vec::new();
                     push_escaped(&mut fast, &s);

@@ -11,10 +11,13 @@ use crate::proto::event::{Dir, Encoding, Event, EventKind, FrameEvent};
 /// holds the runs of fields that only take a few values, written out once.
 pub struct FrameEncoder {
     second: u64,
-    /// `"2026-11-25T18:25:22` (with the opening quote), for `second`.
+    /// `{"ts":"2026-11-25T18:25:22`, the line's start up to the
+    /// fraction, for `second`.
     prefix: String,
-    /// `,"fin":…,"rsv1":…,"rsv2":…,"rsv3":…,"masked":…` for each of the
-    /// 32 combinations (see [`flags_index`]).
+    /// `","fin":…,"rsv1":…,"rsv2":…,"rsv3":…,"masked":…,"len":` for each
+    /// of the 32 combinations (see [`flags_index`]): the opcode's closing
+    /// quote to the length's key. The runs are written whole, each one
+    /// call, rather than field by field.
     flags: Vec<Vec<u8>>,
     /// `,"encoding":…,"truncated":…,"compressed":…` for each of the 8
     /// combinations (see [`tail_index`]).
@@ -89,9 +92,14 @@ fn find_escape(v: &[u8], mut i: usize) -> usize {
 /// (lowercase hex), every other byte (0x7f and non-ASCII included) as it is.
 /// Runs with nothing to escape are found a word at a time and copied whole.
 fn push_escaped(out: &mut Vec<u8>, v: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.reserve(v.len() + 2);
     out.push(b'"');
+    push_escaped_rest(out, v);
+}
+
+/// [`push_escaped`] after its opening quote, which the caller wrote.
+fn push_escaped_rest(out: &mut Vec<u8>, v: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(v.len() + 1);
     // start of the bytes not yet copied
     let mut from = 0;
     loop {
@@ -128,12 +136,13 @@ impl FrameEncoder {
         let bit = |i: usize, b: usize| i & (1 << b) != 0;
         let flags = (0..32)
             .map(|i| {
-                let mut v = Vec::new();
+                let mut v = b"\"".to_vec();
                 push_bool(&mut v, b",\"fin\":", bit(i, 0));
                 push_bool(&mut v, b",\"rsv1\":", bit(i, 1));
                 push_bool(&mut v, b",\"rsv2\":", bit(i, 2));
                 push_bool(&mut v, b",\"rsv3\":", bit(i, 3));
                 push_bool(&mut v, b",\"masked\":", bit(i, 4));
+                v.extend_from_slice(b",\"len\":");
                 v
             })
             .collect();
@@ -158,6 +167,7 @@ impl FrameEncoder {
         }
     }
 
+    /// Starts the line: `{"ts":"…"`, the timestamp to the microsecond.
     fn push_ts(&mut self, out: &mut Vec<u8>, ts: SystemTime) {
         let d = ts.duration_since(UNIX_EPOCH).unwrap_or_default();
         let secs = d.as_secs();
@@ -165,20 +175,18 @@ impl FrameEncoder {
             let whole = UNIX_EPOCH + std::time::Duration::from_secs(secs);
             // "2026-11-25T18:25:22Z" without the Z
             let s = humantime::format_rfc3339_seconds(whole).to_string();
-            self.prefix = format!("\"{}", s.trim_end_matches('Z'));
+            self.prefix = format!("{{\"ts\":\"{}", s.trim_end_matches('Z'));
             self.second = secs;
         }
         out.extend_from_slice(self.prefix.as_bytes());
-        let micros = d.subsec_micros();
-        let mut digits = [b'0'; 7];
-        digits[0] = b'.';
-        let mut m = micros;
+        // `.123456Z"`
+        let mut digits = *b".000000Z\"";
+        let mut m = d.subsec_micros();
         for i in (1..7).rev() {
             digits[i] = b'0' + (m % 10) as u8;
             m /= 10;
         }
         out.extend_from_slice(&digits);
-        out.extend_from_slice(b"Z\"");
     }
 
     /// Appends the event as JSON if it is a frame event; `false` (nothing
@@ -187,12 +195,10 @@ impl FrameEncoder {
         let EventKind::Frame(f) = &ev.kind else {
             return false;
         };
-        out.extend_from_slice(b"{\"ts\":");
         self.push_ts(out, ev.ts);
         if let Some(c) = ev.conn {
             push_u64(out, b",\"conn\":", c.0);
         }
-        out.extend_from_slice(b",\"event\":\"frame\"");
         self.frame_fields(out, f);
         out.push(b'}');
         true
@@ -202,15 +208,15 @@ impl FrameEncoder {
 impl FrameEncoder {
     fn frame_fields(&self, out: &mut Vec<u8>, f: &FrameEvent) {
         out.extend_from_slice(match f.from {
-            Dir::ClientToServer => b",\"from\":\"client\",\"opcode\":\"",
-            Dir::ServerToClient => b",\"from\":\"server\",\"opcode\":\"",
+            Dir::ClientToServer => b",\"event\":\"frame\",\"from\":\"client\",\"opcode\":\"",
+            Dir::ServerToClient => b",\"event\":\"frame\",\"from\":\"server\",\"opcode\":\"",
         });
         // no opcode's name needs escaping
         out.extend_from_slice(f.opcode.name().as_bytes());
-        out.push(b'"');
         out.extend_from_slice(&self.flags[flags_index(f)]);
-        push_u64(out, b",\"len\":", f.len);
-        push_str(out, b",\"preview\":", &f.preview);
+        out.extend_from_slice(itoa::Buffer::new().format(f.len).as_bytes());
+        out.extend_from_slice(b",\"preview\":\"");
+        push_escaped_rest(out, f.preview.as_bytes());
         out.extend_from_slice(&self.tail[tail_index(f)]);
         if let Some(c) = f.close_code {
             push_u64(out, b",\"close_code\":", c as u64);

@@ -52,7 +52,10 @@ impl Chromium {
             "--disable-features=Translate,MediaRouter,OptimizationHints,NetworkTimeServiceQuerying",
             "--metrics-recording-only",
         ])
-        .arg(format!("--user-data-dir={}", profile.path().display()));
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        // its singleton socket goes in a fresh dir under TMPDIR, which a
+        // killed Chromium never removes: keep it inside the profile
+        .env("TMPDIR", profile.path());
         if let Some(p) = &l.proxy {
             // Chromium never proxies loopback unless told (field notes)
             cmd.arg(format!("--proxy-server={p}"))

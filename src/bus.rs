@@ -197,6 +197,11 @@ impl EventTx {
         self.pending.load(Ordering::Acquire) == 0 && log.take_frames(evs)
     }
 
+    /// Whether no output takes frame events: a tap then makes none.
+    pub fn frames_unwanted(&self) -> bool {
+        self.frames_unwanted.load(Ordering::Relaxed)
+    }
+
     /// Queues an event. Waits while the channel is full unless lossy.
     pub async fn send(&self, ev: Event) {
         self.send_batch(vec![ev]).await;

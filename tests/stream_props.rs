@@ -18,6 +18,7 @@ fn tap(dir: Dir, deflate: bool) -> StreamTap {
         TapConfig {
             max_preview: 40,
             capture: 0,
+            frames_unwanted: false,
             negotiated: Negotiated {
                 deflate: deflate.then_some(DeflateParams {
                     server_no_context_takeover: false,

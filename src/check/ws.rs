@@ -410,6 +410,7 @@ pub(super) async fn walk_websocket(
             max_preview: KEEP,
             capture: KEEP,
             negotiated,
+            frames_unwanted: false,
         },
     );
     let mut conn = Conn {

@@ -29,12 +29,20 @@ pub struct TapConfig {
     /// messages (HAR); 0 attaches none.
     pub capture: usize,
     pub negotiated: Negotiated,
+    /// No output lists frames (`--quiet` and no file or live view): frames
+    /// are decoded, checked and counted, but no frame events are made and
+    /// no payload is kept for them.
+    pub frames_unwanted: bool,
 }
 
 impl TapConfig {
     /// Bytes of each payload kept while a frame is read.
     fn keep(&self) -> usize {
-        self.max_preview.max(self.capture)
+        if self.frames_unwanted {
+            0
+        } else {
+            self.max_preview.max(self.capture)
+        }
     }
 }
 
@@ -617,6 +625,16 @@ impl StreamTap {
         if cur.compressed && note.is_none() {
             note = self.inflate_dead.clone();
         }
+        if ends_message {
+            self.message = None;
+            self.stats.messages += 1;
+        }
+        self.stats.frames += 1;
+        self.stats.first_frame_at.get_or_insert(now);
+        self.stats.last_frame_at = Some(now);
+        if self.cfg.frames_unwanted {
+            return;
+        }
         let kept = &self.preview[..self.preview.len().min(self.cfg.max_preview)];
         let shown = kept.len() as u64;
         let total = if cur.compressed { cur.inflated } else { h.len };
@@ -629,13 +647,6 @@ impl StreamTap {
         let truncated = shown < total || (cur.compressed && note.is_some());
         let payload = (self.cfg.capture > 0 && !unavailable)
             .then(|| self.preview[..self.preview.len().min(self.cfg.capture)].to_vec());
-        if ends_message {
-            self.message = None;
-            self.stats.messages += 1;
-        }
-        self.stats.frames += 1;
-        self.stats.first_frame_at.get_or_insert(now);
-        self.stats.last_frame_at = Some(now);
         out.push(Event::conn(
             now,
             self.conn,
@@ -679,8 +690,7 @@ mod tests {
             dir,
             TapConfig {
                 max_preview: 16,
-                capture: 0,
-                negotiated: Negotiated::default(),
+                ..Default::default()
             },
         )
     }
@@ -936,6 +946,7 @@ mod tests {
             dir,
             TapConfig {
                 max_preview: 64,
+                frames_unwanted: false,
                 capture: 0,
                 negotiated: Negotiated {
                     deflate: Some(DeflateParams {
@@ -1070,5 +1081,35 @@ mod tests {
         assert_eq!(t.opaque_ahead(), 0, "the preview is not complete yet");
         t.feed(&[0u8; 6], SystemTime::UNIX_EPOCH, &mut out);
         assert_eq!(t.opaque_ahead(), (1 << 20) - 16);
+    }
+
+    #[test]
+    fn with_frames_unwanted_only_findings_are_made_and_frames_still_counted() {
+        let mut w = frame(Opcode::Text, true, M, b"fine");
+        w.extend(frame(Opcode::Text, true, M, &[0xff, 0xfe]));
+        w.extend(frame(Opcode::Close, true, M, &1000u16.to_be_bytes()));
+        let cfg = |frames_unwanted| TapConfig {
+            max_preview: 16,
+            capture: 16,
+            negotiated: Negotiated::default(),
+            frames_unwanted,
+        };
+        let mut all = StreamTap::new(ConnId(1), Dir::ClientToServer, cfg(false));
+        let (frames, want) = run(&mut all, &w);
+        assert_eq!(frames.len(), 3);
+        let mut quiet = StreamTap::new(ConnId(1), Dir::ClientToServer, cfg(true));
+        let (frames, got) = run(&mut quiet, &w);
+        assert!(frames.is_empty(), "{frames:?}");
+        assert_eq!(got, want, "the invalid UTF-8 is still found");
+        assert_eq!(quiet.stats().frames, 3);
+        assert_eq!(quiet.stats().messages, all.stats().messages);
+        assert_eq!(quiet.close_seen().and_then(|c| c.code), Some(1000));
+
+        // no preview to fill: a binary frame's payload is opaque at once
+        let mut w = Vec::new();
+        push_header(&mut w, true, false, Opcode::Binary, None, 1 << 20);
+        let mut out = Vec::new();
+        quiet.feed(&w, SystemTime::UNIX_EPOCH, &mut out);
+        assert_eq!(quiet.opaque_ahead(), 1 << 20);
     }
 }

@@ -884,6 +884,7 @@ impl Conn {
             max_preview: shared.cfg.max_preview,
             capture: shared.cfg.capture,
             negotiated: Negotiated::from_response(&client_resp),
+            frames_unwanted: shared.events.frames_unwanted(),
         };
         // what only the handshake needed is freed before the relay, which
         // may idle for hours (unbound fields would live until it ends)

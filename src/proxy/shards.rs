@@ -56,6 +56,9 @@ impl Shards {
                     // without sending ends it the same way. The park hook
                     // wakes this future to keep the thread polling.
                     busy_poll::set_window(window);
+                    // connections never leave this thread: frame lines may
+                    // wait in its own log buffer
+                    crate::sink::ndjson::pin_thread();
                     let mut stopped = stopped;
                     let _ = rt.block_on(std::future::poll_fn(move |cx| {
                         busy_poll::keep_waker(cx.waker());

@@ -5,13 +5,15 @@
 //! The buffer ([`SharedLog`]) can also take frame lines from the relay
 //! threads themselves (see `bus::EventTx::send_all`): when the log is the
 //! only output, a read's frames are cheaper to encode where they were
-//! read than to hand to the sink thread as events.
+//! read than to hand to the sink thread as events. Each relay thread has
+//! a buffer of its own, so relays never wait on each other.
 
+use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Instant;
 
 use tokio::sync::Notify;
@@ -31,13 +33,18 @@ const HELD_MAX: usize = 1024 * 1024;
 /// is the only output, the relay threads. Relays only add lines; the file
 /// is written by the sink thread (or whoever flushes), never by a relay.
 pub struct SharedLog {
+    /// Lines in the order they are written: the sink thread's, and those
+    /// of senders on threads that are not pinned relay threads.
     lines: Mutex<Lines>,
+    /// A buffer per pinned relay thread that wrote here: its lines come
+    /// after everything in `lines` (see [`Self::push`]).
+    relays: Mutex<Vec<Arc<Mutex<Lines>>>>,
+    /// Tells this log apart in the threads' lists of their buffers.
+    id: usize,
     out: Mutex<Out>,
     /// Writing failed: relays stop adding lines (the dispatcher reports
     /// the failure and switches the sink off).
     failed: AtomicBool,
-    /// Frame events relays encoded here themselves.
-    from_relays: AtomicU64,
     /// Wakes the dispatcher when relays added the first lines since the
     /// last write, or filled the buffer; set when relays are let in.
     wake: OnceLock<Arc<Notify>>,
@@ -50,6 +57,37 @@ struct Lines {
     frames: FrameEncoder,
     /// When `buf` last went from empty to holding lines.
     since: Option<Instant>,
+    /// Frame events senders encoded into this buffer themselves.
+    from_relays: u64,
+}
+
+impl Lines {
+    fn new(capacity: usize) -> Self {
+        Lines {
+            buf: Vec::with_capacity(capacity),
+            frames: FrameEncoder::new(),
+            since: None,
+            from_relays: 0,
+        }
+    }
+}
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// A relay thread: each connection on it stays on it for its whole
+    /// life, so its lines may wait in the thread's own buffer without
+    /// another thread's lines of the same connection overtaking them.
+    static PINNED: Cell<bool> = const { Cell::new(false) };
+    /// This thread's buffer in each log it wrote into (there is one log;
+    /// tests make many).
+    static MINE: RefCell<Vec<(usize, Weak<Mutex<Lines>>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Marks the calling thread as a relay thread whose connections never
+/// move to another thread (a current-thread runtime's).
+pub fn pin_thread() {
+    PINNED.set(true);
 }
 
 struct Out {
@@ -69,7 +107,7 @@ impl std::fmt::Debug for SharedLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedLog")
             .field("failed", &self.failed)
-            .field("from_relays", &self.from_relays)
+            .field("id", &self.id)
             .finish_non_exhaustive()
     }
 }
@@ -77,19 +115,40 @@ impl std::fmt::Debug for SharedLog {
 impl SharedLog {
     fn new(w: Box<dyn Write + Send>) -> Self {
         SharedLog {
-            lines: Mutex::new(Lines {
-                buf: Vec::with_capacity(BUF + 4096),
-                frames: FrameEncoder::new(),
-                since: None,
-            }),
+            lines: Mutex::new(Lines::new(BUF + 4096)),
+            relays: Mutex::new(Vec::new()),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             out: Mutex::new(Out {
                 w,
                 spare: Vec::with_capacity(BUF + 4096),
             }),
             failed: AtomicBool::new(false),
-            from_relays: AtomicU64::new(0),
             wake: OnceLock::new(),
         }
+    }
+
+    /// The calling relay thread's own buffer, made on its first call;
+    /// `None` on a thread that is not [pinned](pin_thread).
+    fn own_lines(&self) -> Option<Arc<Mutex<Lines>>> {
+        if !PINNED.get() {
+            return None;
+        }
+        MINE.with_borrow_mut(|mine| {
+            if let Some(l) = mine.iter().find(|(id, _)| *id == self.id) {
+                if let Some(l) = l.1.upgrade() {
+                    return Some(l);
+                }
+            }
+            mine.retain(|(_, l)| l.strong_count() > 0);
+            let l = Arc::new(Mutex::new(Lines::new(BUF + 4096)));
+            lock(&self.relays).push(l.clone());
+            mine.push((self.id, Arc::downgrade(&l)));
+            Some(l)
+        })
+    }
+
+    fn relay_lines(&self) -> Vec<Arc<Mutex<Lines>>> {
+        lock(&self.relays).clone()
     }
 
     /// Lets relays add frame lines ([`Self::take_frames`]); `wake` is
@@ -100,7 +159,8 @@ impl SharedLog {
 
     /// Frame events relays wrote here themselves.
     pub fn from_relays(&self) -> u64 {
-        self.from_relays.load(Ordering::Relaxed)
+        let theirs: u64 = self.relay_lines().iter().map(|l| lock(l).from_relays).sum();
+        lock(&self.lines).from_relays + theirs
     }
 
     /// Encodes `evs` here if they are all frame events and the buffer has
@@ -114,12 +174,18 @@ impl SharedLog {
         let Some(wake) = self.wake.get() else {
             return false;
         };
-        let mut l = lock(&self.lines);
+        let own = self.own_lines();
+        let mut l = lock(own.as_deref().unwrap_or(&self.lines));
         let before = l.buf.len();
         if before >= HELD_MAX {
             return false;
         }
-        let Lines { buf, frames, since } = &mut *l;
+        let Lines {
+            buf,
+            frames,
+            since,
+            from_relays,
+        } = &mut *l;
         for ev in evs {
             frames.encode(buf, ev);
             buf.push(b'\n');
@@ -128,18 +194,33 @@ impl SharedLog {
         if before == 0 {
             *since = Some(Instant::now());
         }
+        *from_relays += evs.len() as u64;
         drop(l);
-        self.from_relays
-            .fetch_add(evs.len() as u64, Ordering::Relaxed);
         if before == 0 || (before < BUF && after >= BUF) {
             wake.notify_one();
         }
         true
     }
 
-    /// Appends events of any kind (the sink thread), under one lock.
+    /// Appends events of any kind (the sink thread), under one lock. The
+    /// relay threads' lines so far go first: a connection's event that
+    /// came through the queue follows its frame lines a relay wrote before
+    /// sending it, and the relay writes lines again only once the queue
+    /// is empty, so after it.
     fn push(&self, evs: &[Event]) -> io::Result<()> {
+        let relays = self.relay_lines();
         let mut guard = lock(&self.lines);
+        for r in &relays {
+            let mut r = lock(r);
+            if !r.buf.is_empty() {
+                if guard.buf.is_empty() {
+                    guard.since = r.since;
+                }
+                guard.buf.extend_from_slice(&r.buf);
+                r.buf.clear();
+                r.since = None;
+            }
+        }
         for ev in evs {
             let l: &mut Lines = &mut guard;
             let start = l.buf.len();
@@ -170,33 +251,47 @@ impl SharedLog {
     /// When the lines gathered so far should be written: now once the
     /// buffer is full, else [`FLUSH_EVERY`] after the oldest was added.
     fn due(&self) -> Option<Instant> {
-        let l = lock(&self.lines);
-        if l.buf.len() >= BUF {
-            return Some(Instant::now());
+        let relays = self.relay_lines();
+        let mut oldest: Option<Instant> = None;
+        for l in std::iter::once(&self.lines).chain(relays.iter().map(|r| &**r)) {
+            let l = lock(l);
+            if l.buf.len() >= BUF {
+                return Some(Instant::now());
+            }
+            oldest = match (oldest, l.since) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         }
-        l.since.map(|s| s + FLUSH_EVERY)
+        oldest.map(|s| s + FLUSH_EVERY)
     }
 
-    /// Hands the gathered lines to the file. The file's lock is taken
-    /// first and held while writing, so buffers reach the file in the
-    /// order they were filled; the lines' lock only for the swap.
+    /// Hands the gathered lines to the file: the shared buffer's, then
+    /// each relay thread's (which came after them, see [`Self::push`]).
+    /// The file's lock is taken first and held while writing, so buffers
+    /// reach the file in the order they were filled; a buffer's lock only
+    /// for the swap.
     fn write_out(&self) -> io::Result<()> {
+        let relays = self.relay_lines();
         let mut o = lock(&self.out);
         let Out { w, spare } = &mut *o;
-        {
-            let mut l = lock(&self.lines);
-            std::mem::swap(&mut l.buf, spare);
-            l.since = None;
+        for l in std::iter::once(&self.lines).chain(relays.iter().map(|r| &**r)) {
+            {
+                let mut l = lock(l);
+                std::mem::swap(&mut l.buf, spare);
+                l.since = None;
+            }
+            if spare.is_empty() {
+                continue;
+            }
+            let r = w.write_all(spare);
+            spare.clear();
+            if r.is_err() {
+                self.failed.store(true, Ordering::Relaxed);
+                return r;
+            }
         }
-        if spare.is_empty() {
-            return Ok(());
-        }
-        let r = w.write_all(spare);
-        spare.clear();
-        if r.is_err() {
-            self.failed.store(true, Ordering::Relaxed);
-        }
-        r
+        Ok(())
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -374,9 +469,50 @@ mod tests {
         assert_eq!(lines(&mem), want);
     }
 
-    /// Senders on several threads, each a connection sending its events in
-    /// batches of 1 to 5 with other events among them: every connection's
-    /// lines come out whole and in order, whichever way each batch went.
+    const CONNS: u64 = 12;
+    const EVENTS: u64 = 3000;
+
+    /// Connection `c` sends its events in batches of 1 to 5, with other
+    /// events among the frames.
+    async fn send_conn(tx: bus::EventTx, c: u64) {
+        let mut seq = 0;
+        let mut round = c;
+        while seq < EVENTS {
+            round = round.wrapping_mul(6364136223846793005).wrapping_add(1);
+            let size = (round >> 60) % 5 + 1;
+            let mut batch: Vec<Event> = (seq..(seq + size).min(EVENTS))
+                .map(|s| {
+                    if (round >> 40) % 9 == 0 {
+                        other(c, s)
+                    } else {
+                        frame(c, s)
+                    }
+                })
+                .collect();
+            seq += batch.len() as u64;
+            tx.send_all(&mut batch).await;
+            if (round >> 50) % 4 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+
+    /// Every connection's lines came out whole and in order.
+    fn assert_in_order(mem: &Memory) {
+        let mut next = vec![0u64; CONNS as usize + 1];
+        for (conn, seq) in lines(mem) {
+            assert_eq!(
+                seq, next[conn as usize],
+                "connection {conn}: a line out of order"
+            );
+            next[conn as usize] += 1;
+        }
+        assert!(next[1..].iter().all(|&n| n == EVENTS), "{next:?}");
+    }
+
+    /// Senders on a runtime whose tasks move between threads: every
+    /// connection's lines come out whole and in order, whichever way each
+    /// batch went.
     #[test]
     fn each_connection_keeps_its_order_when_senders_write_lines_themselves() {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -386,35 +522,10 @@ mod tests {
             .expect("runtime");
         // a small queue: senders also wait on it
         let (tx, mem, _shared, d) = log_to_memory(4);
-        const CONNS: u64 = 12;
-        const EVENTS: u64 = 3000;
         rt.block_on(async {
-            let mut tasks = Vec::new();
-            for c in 1..=CONNS {
-                let tx = tx.clone();
-                tasks.push(tokio::spawn(async move {
-                    let mut seq = 0;
-                    let mut round = c;
-                    while seq < EVENTS {
-                        round = round.wrapping_mul(6364136223846793005).wrapping_add(1);
-                        let size = (round >> 60) % 5 + 1;
-                        let mut batch: Vec<Event> = (seq..(seq + size).min(EVENTS))
-                            .map(|s| {
-                                if (round >> 40) % 9 == 0 {
-                                    other(c, s)
-                                } else {
-                                    frame(c, s)
-                                }
-                            })
-                            .collect();
-                        seq += batch.len() as u64;
-                        tx.send_all(&mut batch).await;
-                        if (round >> 50) % 4 == 0 {
-                            tokio::task::yield_now().await;
-                        }
-                    }
-                }));
-            }
+            let tasks: Vec<_> = (1..=CONNS)
+                .map(|c| tokio::spawn(send_conn(tx.clone(), c)))
+                .collect();
             for t in tasks {
                 t.await.expect("sender");
             }
@@ -422,14 +533,58 @@ mod tests {
         drop(tx);
         let report = d.join().expect("dispatcher");
         assert_eq!(report.events, CONNS * EVENTS);
-        let mut next = vec![0u64; CONNS as usize + 1];
-        for (conn, seq) in lines(&mem) {
-            assert_eq!(
-                seq, next[conn as usize],
-                "connection {conn}: a line out of order"
-            );
-            next[conn as usize] += 1;
+        assert_in_order(&mem);
+    }
+
+    /// Pinned relay threads, each with connections of its own, keep their
+    /// lines in buffers of their own: the lines still come out in each
+    /// connection's order, and the timer writes them out while the
+    /// senders are still there.
+    #[test]
+    fn relay_threads_lines_keep_each_connections_order() {
+        let (tx, mem, shared, d) = log_to_memory(4);
+        let threads: Vec<_> = (0..3u64)
+            .map(|t| {
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    pin_thread();
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    rt.block_on(async {
+                        let tasks: Vec<_> = (1..=CONNS)
+                            .filter(|c| c % 3 == t)
+                            .map(|c| tokio::spawn(send_conn(tx.clone(), c)))
+                            .collect();
+                        for t in tasks {
+                            t.await.expect("sender");
+                        }
+                    });
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("relay thread");
         }
-        assert!(next[1..].iter().all(|&n| n == EVENTS), "{next:?}");
+        // a buffer per thread that wrote lines itself (a thread may find
+        // the queue busy every time)
+        let buffers = lock(&shared.relays).len();
+        assert!((1..=3).contains(&buffers), "{buffers} buffers");
+        assert!(shared.from_relays() > 0);
+        // still open: what the threads wrote goes out on the timer
+        let mut written = 0;
+        for _ in 0..300 {
+            written = lines(&mem).len();
+            if written as u64 == CONNS * EVENTS {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(written as u64, CONNS * EVENTS);
+        drop(tx);
+        let report = d.join().expect("dispatcher");
+        assert_eq!(report.events, CONNS * EVENTS);
+        assert_in_order(&mem);
     }
 }

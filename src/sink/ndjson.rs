@@ -22,8 +22,10 @@ use super::frame_json::FrameEncoder;
 use super::{Sink, FLUSH_EVERY};
 use crate::proto::event::{Event, EventKind};
 
-/// Bytes gathered before they are written out.
-const BUF: usize = 64 * 1024;
+/// Bytes gathered before they are written out. Each time a buffer fills,
+/// a relay wakes the sink thread, on a machine the relays keep busy; at
+/// 64 KiB that was a thousand wake-ups a second at 100k echoes a second.
+const BUF: usize = 256 * 1024;
 /// Bytes waiting to be written past which relays stop adding lines (they
 /// queue events instead, and wait when the queue is full): the bound on
 /// this buffer while the file is slow.

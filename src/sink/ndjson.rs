@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use tokio::sync::Notify;
@@ -83,7 +83,7 @@ thread_local! {
     static PINNED: Cell<bool> = const { Cell::new(false) };
     /// This thread's buffer in each log it wrote into (there is one log;
     /// tests make many).
-    static MINE: RefCell<Vec<(usize, Weak<Mutex<Lines>>)>> = const { RefCell::new(Vec::new()) };
+    static MINE: RefCell<Vec<(usize, Arc<Mutex<Lines>>)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Marks the calling thread as a relay thread whose connections never
@@ -129,23 +129,23 @@ impl SharedLog {
         }
     }
 
-    /// The calling relay thread's own buffer, made on its first call;
-    /// `None` on a thread that is not [pinned](pin_thread).
-    fn own_lines(&self) -> Option<Arc<Mutex<Lines>>> {
+    /// Runs `f` on the calling thread's buffer: its own on a
+    /// [pinned](pin_thread) relay thread (made on its first call), the
+    /// shared one elsewhere.
+    fn with_lines<R>(&self, f: impl FnOnce(&Mutex<Lines>) -> R) -> R {
         if !PINNED.get() {
-            return None;
+            return f(&self.lines);
         }
         MINE.with_borrow_mut(|mine| {
-            if let Some(l) = mine.iter().find(|(id, _)| *id == self.id) {
-                if let Some(l) = l.1.upgrade() {
-                    return Some(l);
-                }
+            if let Some((_, l)) = mine.iter().find(|(id, _)| *id == self.id) {
+                return f(l);
             }
-            mine.retain(|(_, l)| l.strong_count() > 0);
+            // buffers only this thread still holds are of logs now gone
+            mine.retain(|(_, l)| Arc::strong_count(l) > 1);
             let l = Arc::new(Mutex::new(Lines::new(BUF + 4096)));
             lock(&self.relays).push(l.clone());
-            mine.push((self.id, Arc::downgrade(&l)));
-            Some(l)
+            mine.push((self.id, l.clone()));
+            f(&l)
         })
     }
 
@@ -176,28 +176,31 @@ impl SharedLog {
         let Some(wake) = self.wake.get() else {
             return false;
         };
-        let own = self.own_lines();
-        let mut l = lock(own.as_deref().unwrap_or(&self.lines));
-        let before = l.buf.len();
-        if before >= HELD_MAX {
+        let added = self.with_lines(|l| {
+            let mut l = lock(l);
+            let before = l.buf.len();
+            if before >= HELD_MAX {
+                return None;
+            }
+            let Lines {
+                buf,
+                frames,
+                since,
+                from_relays,
+            } = &mut *l;
+            for ev in evs {
+                frames.encode(buf, ev);
+                buf.push(b'\n');
+            }
+            if before == 0 {
+                *since = Some(Instant::now());
+            }
+            *from_relays += evs.len() as u64;
+            Some((before, buf.len()))
+        });
+        let Some((before, after)) = added else {
             return false;
-        }
-        let Lines {
-            buf,
-            frames,
-            since,
-            from_relays,
-        } = &mut *l;
-        for ev in evs {
-            frames.encode(buf, ev);
-            buf.push(b'\n');
-        }
-        let after = buf.len();
-        if before == 0 {
-            *since = Some(Instant::now());
-        }
-        *from_relays += evs.len() as u64;
-        drop(l);
+        };
         if before == 0 || (before < BUF && after >= BUF) {
             wake.notify_one();
         }

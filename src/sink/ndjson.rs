@@ -99,6 +99,14 @@ struct Out {
     spare: Vec<u8>,
 }
 
+/// The earlier of two times a buffer's oldest line was added, if any.
+fn earlier(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// A mutex whose holder panicked still guards whole lines (each line is
 /// encoded and then kept or cut off before the lock is released).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -153,6 +161,14 @@ impl SharedLog {
         lock(&self.relays).clone()
     }
 
+    /// The shared buffer, then `relays`: the order their lines go out in.
+    fn in_order<'a>(
+        &'a self,
+        relays: &'a [Arc<Mutex<Lines>>],
+    ) -> impl Iterator<Item = &'a Mutex<Lines>> {
+        std::iter::once(&self.lines).chain(relays.iter().map(|r| &**r))
+    }
+
     /// Lets relays add frame lines ([`Self::take_frames`]); `wake` is
     /// notified when the dispatcher should look at [`Self::due`].
     pub fn open_to_relays(&self, wake: Arc<Notify>) {
@@ -161,8 +177,8 @@ impl SharedLog {
 
     /// Frame events relays wrote here themselves.
     pub fn from_relays(&self) -> u64 {
-        let theirs: u64 = self.relay_lines().iter().map(|l| lock(l).from_relays).sum();
-        lock(&self.lines).from_relays + theirs
+        let relays = self.relay_lines();
+        self.in_order(&relays).map(|l| lock(l).from_relays).sum()
     }
 
     /// Encodes `evs` here if they are all frame events and the buffer has
@@ -218,9 +234,7 @@ impl SharedLog {
         for r in &relays {
             let mut r = lock(r);
             if !r.buf.is_empty() {
-                if guard.buf.is_empty() {
-                    guard.since = r.since;
-                }
+                guard.since = earlier(guard.since, r.since);
                 guard.buf.extend_from_slice(&r.buf);
                 r.buf.clear();
                 r.since = None;
@@ -258,15 +272,12 @@ impl SharedLog {
     fn due(&self) -> Option<Instant> {
         let relays = self.relay_lines();
         let mut oldest: Option<Instant> = None;
-        for l in std::iter::once(&self.lines).chain(relays.iter().map(|r| &**r)) {
+        for l in self.in_order(&relays) {
             let l = lock(l);
             if l.buf.len() >= BUF {
                 return Some(Instant::now());
             }
-            oldest = match (oldest, l.since) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            oldest = earlier(oldest, l.since);
         }
         oldest.map(|s| s + FLUSH_EVERY)
     }
@@ -280,7 +291,7 @@ impl SharedLog {
         let relays = self.relay_lines();
         let mut o = lock(&self.out);
         let Out { w, spare } = &mut *o;
-        for l in std::iter::once(&self.lines).chain(relays.iter().map(|r| &**r)) {
+        for l in self.in_order(&relays) {
             {
                 let mut l = lock(l);
                 std::mem::swap(&mut l.buf, spare);

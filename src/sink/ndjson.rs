@@ -99,14 +99,6 @@ struct Out {
     spare: Vec<u8>,
 }
 
-/// The earlier of two times a buffer's oldest line was added, if any.
-fn earlier(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
 /// A mutex whose holder panicked still guards whole lines (each line is
 /// encoded and then kept or cut off before the lock is released).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -234,7 +226,7 @@ impl SharedLog {
         for r in &relays {
             let mut r = lock(r);
             if !r.buf.is_empty() {
-                guard.since = earlier(guard.since, r.since);
+                guard.since = guard.since.into_iter().chain(r.since).min();
                 guard.buf.extend_from_slice(&r.buf);
                 r.buf.clear();
                 r.since = None;
@@ -277,7 +269,7 @@ impl SharedLog {
             if l.buf.len() >= BUF {
                 return Some(Instant::now());
             }
-            oldest = earlier(oldest, l.since);
+            oldest = oldest.into_iter().chain(l.since).min();
         }
         oldest.map(|s| s + FLUSH_EVERY)
     }

@@ -1319,7 +1319,8 @@ fn serve_echo(addr: &str, mode: EchoArg) -> ExitCode {
 /// The bare relay: bytes both ways through tokio's `copy_bidirectional`,
 /// on the threads wstap relays on (`wstap::proxy::shards`, one per CPU,
 /// and polling after work as long as wstap's default `--busy-poll`), with
-/// wstap's read size and TCP_NODELAY on both sides, and nothing else.
+/// wstap's read size, TCP_NODELAY on both sides and wstap's unpaced
+/// loopback sockets (`wstap::proxy::pacing`), and nothing else.
 /// What wstap costs above this row is its decoding, events and log; what
 /// this row costs above direct is the second hop itself.
 ///
@@ -1363,7 +1364,8 @@ fn serve_bare(upstream: SocketAddr, log: Option<&Path>) -> ExitCode {
     rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let size = wstap::proxy::io::READ_CAPACITY;
-        let bound = tokio::net::TcpListener::bind("127.0.0.1:0").await;
+        // unpaced loopback sockets, as wstap's (`wstap::proxy::pacing`)
+        let bound = wstap::proxy::pacing::listen(SocketAddr::from(([127, 0, 0, 1], 0)));
         let (l, mut term) = match (bound, signal(SignalKind::terminate())) {
             (Ok(l), Ok(term)) => (l, term),
             (Err(e), _) | (_, Err(e)) => {
@@ -1387,7 +1389,7 @@ fn serve_bare(upstream: SocketAddr, log: Option<&Path>) -> ExitCode {
                     };
                     let log = log.clone();
                     shards.spawn(&mut tasks, client, move |client| async move {
-                        let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                        let Ok(up) = wstap::proxy::pacing::connect(upstream).await else {
                             return;
                         };
                         let _ = client.set_nodelay(true);

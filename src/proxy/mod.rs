@@ -8,6 +8,7 @@ pub mod busy_poll;
 pub mod conn;
 pub mod forward;
 pub mod io;
+pub mod pacing;
 pub mod pool;
 pub mod relay;
 pub mod shards;
@@ -218,12 +219,10 @@ impl Proxy {
         tls: Arc<rustls::ClientConfig>,
         events: EventTx,
     ) -> Result<Proxy, ProxyError> {
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| ProxyError::Bind {
-                addr: cfg.listen,
-                source,
-            })?;
+        let listener = pacing::listen(cfg.listen).map_err(|source| ProxyError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
         let addr = listener.local_addr().map_err(|source| ProxyError::Bind {
             addr: cfg.listen,
             source,

@@ -325,7 +325,7 @@ impl Connector {
         for addr in addrs {
             let left = deadline.saturating_duration_since(Instant::now());
             let a = addr.to_string();
-            match tokio::time::timeout(left, TcpStream::connect(addr)).await {
+            match tokio::time::timeout(left, super::pacing::connect(*addr)).await {
                 Ok(Ok(s)) => return Ok((s, *addr)),
                 Ok(Err(e)) => last = Some(classify_tcp(a, &e)),
                 Err(_) => {

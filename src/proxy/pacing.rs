@@ -1,8 +1,7 @@
-//! wstap's own loopback sockets do not pace. Where the system's congestion
-//! control is BBR, every TCP sender paces with a kernel timer per packet
-//! burst; on loopback there is no queue to pace into, and on a VM each
-//! timer costs an exit. wstap's sockets to and from 127.0.0.0/8 and ::1
-//! use CUBIC (or Reno) instead; other sockets keep the system's choice.
+//! Loopback sockets without pacing: where the system's congestion control
+//! is BBR, every TCP sender arms a pacing timer per burst, which buys
+//! nothing on loopback and is dear on a VM; wstap's loopback listener and
+//! upstream sockets use CUBIC or Reno instead (README "Performance").
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -20,7 +19,8 @@ fn paces(name: &str) -> bool {
     name.starts_with("bbr")
 }
 
-/// Both ends on this machine's loopback: no link, no queue to pace into.
+/// An address on loopback: both ends on this machine, no link, no queue
+/// to pace into.
 pub fn is_loopback(a: SocketAddr) -> bool {
     match a.ip() {
         IpAddr::V4(ip) => ip.is_loopback(),

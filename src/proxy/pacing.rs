@@ -31,9 +31,9 @@ pub fn is_loopback(a: SocketAddr) -> bool {
 }
 
 /// Moves `sock` off a pacing congestion control. Call it before the
-/// connection is set up (on the listener, or before `connect`): the
-/// kernel turns pacing on when a connection's control starts, and a
-/// later switch leaves it on. Returns the control it set, if any; a
+/// connection is set up (on the listener, or before `connect`): BBR
+/// turns pacing on when it starts on a connection, and a later switch
+/// leaves it on (measured: README "Loopback sockets do not pace"). Returns the control it set, if any; a
 /// socket already unpaced, or one no choice could be set on, is left as
 /// it is (wstap relays either way).
 pub fn unpace(sock: impl AsFd) -> Option<&'static str> {

@@ -50,6 +50,8 @@ use wstap::proto::frame::Opcode;
 
 #[path = "bench/floor.rs"]
 mod floor;
+#[path = "bench/spin.rs"]
+mod spin;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -124,6 +126,10 @@ struct Args {
     /// Internal: with --serve-bare, be the log floor, logging to PATH.
     #[arg(long, hide = true, value_name = "PATH", requires = "serve_bare")]
     floor_log: Option<PathBuf>,
+    /// Internal: be the spin relay in front of the echo server at ADDR
+    /// (prints `listening on ADDR`).
+    #[arg(long, hide = true, value_name = "ADDR")]
+    serve_spin: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -144,6 +150,10 @@ enum TargetKind {
     /// The bare relay plus the least a frame log can cost (`bench/floor.rs`).
     /// Not run by default: it is a yardstick for `--json`, asked for by name.
     Floor,
+    /// A relay thread per connection that never sleeps (`bench/spin.rs`):
+    /// the least latency a relay adds. Asked for by name; one-connection
+    /// round trips only.
+    Spin,
     Nginx,
 }
 
@@ -155,6 +165,7 @@ impl TargetKind {
             TargetKind::Wstap => "wstap --quiet",
             TargetKind::WstapJson => "wstap --json",
             TargetKind::Floor => "log floor",
+            TargetKind::Spin => "spin relay",
             TargetKind::Nginx => "nginx",
         }
     }
@@ -166,6 +177,7 @@ impl TargetKind {
             TargetKind::Wstap => "wstap",
             TargetKind::WstapJson => "wstap-json",
             TargetKind::Floor => "floor",
+            TargetKind::Spin => "spin",
             TargetKind::Nginx => "nginx",
         }
     }
@@ -789,6 +801,12 @@ impl Bench {
         Proc::spawn(name, cmd).await
     }
 
+    async fn start_spin(&self) -> Result<Proc> {
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("--serve-spin").arg(self.echo.addr.to_string());
+        Proc::spawn("spin relay", cmd).await
+    }
+
     fn json_path(&self, case: &str, target: TargetKind) -> PathBuf {
         self.dir
             .path()
@@ -803,6 +821,7 @@ impl Bench {
                 Some(self.start_wstap(json.as_deref()).await?)
             }
             TargetKind::Bare | TargetKind::Floor => Some(self.start_bare(json.as_deref()).await?),
+            TargetKind::Spin => Some(self.start_spin().await?),
             _ => None,
         };
         let (addr, proxy_pids) = match (target, &proxy, &self.nginx) {
@@ -885,6 +904,7 @@ impl Bench {
             TargetKind::Wstap,
             TargetKind::WstapJson,
             TargetKind::Floor,
+            TargetKind::Spin,
             TargetKind::Nginx,
         ]
         .into_iter()
@@ -925,6 +945,10 @@ impl Bench {
             let mut runs: Vec<(TargetKind, Vec<Row>)> = self
                 .targets()
                 .into_iter()
+                // a spinning thread per connection is a yardstick for one
+                .filter(|t| {
+                    *t != TargetKind::Spin || (case.conns == 1 && case.kind == Kind::RoundTrip)
+                })
                 .map(|t| (t, Vec::new()))
                 .collect();
             for _ in 0..self.rounds {
@@ -1044,7 +1068,10 @@ impl Bench {
         };
         let mut results = Vec::new();
         for target in self.targets() {
-            if matches!(target, TargetKind::Bare | TargetKind::Floor) {
+            if matches!(
+                target,
+                TargetKind::Bare | TargetKind::Floor | TargetKind::Spin
+            ) {
                 // references for speed: their memory is not the question
                 continue;
             }
@@ -1603,6 +1630,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(addr) = &args.serve_echo {
         return serve_echo(addr, args.echo);
+    }
+    if let Some(upstream) = args.serve_spin {
+        return spin::serve(upstream);
     }
     if let Some(upstream) = args.serve_bare {
         return serve_bare(upstream, args.floor_log.as_deref());

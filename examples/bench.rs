@@ -17,7 +17,9 @@
 //! tokio's `copy_bidirectional` on wstap's relay threads, no decoding,
 //! no log): what relaying alone costs on the machine; and, asked for with
 //! `--targets ...,floor`, the log floor (`bench/floor.rs`: the bare relay
-//! plus the least that logging every frame can cost). The load client
+//! plus the least that logging every frame can cost) and, with `spin`, the
+//! spin relay (`bench/spin.rs`: a thread per connection that never sleeps,
+//! the least latency a relay adds; one-connection round trips only). The load client
 //! runs in this process (`wstap::demo::load`): it verifies every echoed
 //! byte, so a fast wrong answer fails the run, and with `--json` it checks
 //! that the log holds exactly the frames that crossed.

@@ -1295,6 +1295,21 @@ fn raise_fd_limit(need: u64) -> ((u64, u64), (u64, u64)) {
 }
 
 /// Prints the `listening on ADDR` line the benchmark waits for.
+/// A relay yardstick's listener on 127.0.0.1, with unpaced sockets as
+/// wstap's (`wstap::proxy::pacing`), announced, and its SIGTERM; `None`
+/// once it has said why not. Inside a runtime.
+fn relay_listener(who: &str) -> Option<(tokio::net::TcpListener, tokio::signal::unix::Signal)> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let bound = wstap::proxy::pacing::listen(SocketAddr::from(([127, 0, 0, 1], 0)));
+    match (bound, signal(SignalKind::terminate())) {
+        (Ok(l), Ok(term)) => announce(&l, who).then_some((l, term)),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("{who}: {e}");
+            None
+        }
+    }
+}
+
 fn announce(l: &tokio::net::TcpListener, who: &str) -> bool {
     match l.local_addr() {
         Ok(a) => {
@@ -1391,20 +1406,10 @@ fn serve_bare(upstream: SocketAddr, log: Option<&Path>) -> ExitCode {
             }
         };
     rt.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
         let size = wstap::proxy::io::READ_CAPACITY;
-        // unpaced loopback sockets, as wstap's (`wstap::proxy::pacing`)
-        let bound = wstap::proxy::pacing::listen(SocketAddr::from(([127, 0, 0, 1], 0)));
-        let (l, mut term) = match (bound, signal(SignalKind::terminate())) {
-            (Ok(l), Ok(term)) => (l, term),
-            (Err(e), _) | (_, Err(e)) => {
-                eprintln!("bare relay: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        if !announce(&l, "bare relay") {
+        let Some((l, mut term)) = relay_listener("bare relay") else {
             return ExitCode::from(2);
-        }
+        };
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             tokio::select! {

@@ -23,19 +23,9 @@ pub fn serve(upstream: SocketAddr) -> ExitCode {
         }
     };
     rt.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        // unpaced loopback sockets, as wstap's (`wstap::proxy::pacing`)
-        let bound = wstap::proxy::pacing::listen(SocketAddr::from(([127, 0, 0, 1], 0)));
-        let (l, mut term) = match (bound, signal(SignalKind::terminate())) {
-            (Ok(l), Ok(term)) => (l, term),
-            (Err(e), _) | (_, Err(e)) => {
-                eprintln!("spin relay: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        if !super::announce(&l, "spin relay") {
+        let Some((l, mut term)) = super::relay_listener("spin relay") else {
             return ExitCode::from(2);
-        }
+        };
         loop {
             tokio::select! {
                 _ = term.recv() => return ExitCode::SUCCESS,

@@ -1294,7 +1294,6 @@ fn raise_fd_limit(need: u64) -> ((u64, u64), (u64, u64)) {
     (before, after)
 }
 
-/// Prints the `listening on ADDR` line the benchmark waits for.
 /// A relay yardstick's listener on 127.0.0.1, with unpaced sockets as
 /// wstap's (`wstap::proxy::pacing`), announced, and its SIGTERM; `None`
 /// once it has said why not. Inside a runtime.
@@ -1310,6 +1309,7 @@ fn relay_listener(who: &str) -> Option<(tokio::net::TcpListener, tokio::signal::
     }
 }
 
+/// Prints the `listening on ADDR` line the benchmark waits for.
 fn announce(l: &tokio::net::TcpListener, who: &str) -> bool {
     match l.local_addr() {
         Ok(a) => {

@@ -19,10 +19,10 @@
 //! `--targets ...,floor`, the log floor (`bench/floor.rs`: the bare relay
 //! plus the least that logging every frame can cost) and, with `spin`, the
 //! spin relay (`bench/spin.rs`: a thread per connection that never sleeps,
-//! the least latency a relay adds; one-connection round trips only). The load client
-//! runs in this process (`wstap::demo::load`): it verifies every echoed
-//! byte, so a fast wrong answer fails the run, and with `--json` it checks
-//! that the log holds exactly the frames that crossed.
+//! the least latency a relay adds; one-connection round trips only). The
+//! load client runs in this process (`wstap::demo::load`): it verifies
+//! every echoed byte, so a fast wrong answer fails the run, and with
+//! `--json` it checks that the log holds exactly the frames that crossed.
 //!
 //! Each case runs every target in turn (direct first: the ratios' base),
 //! round after round (3 rounds of 2 s by default; each target's median

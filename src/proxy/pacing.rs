@@ -11,10 +11,12 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// Congestion controls that do not pace, best first: CUBIC, Linux's usual
 /// default, where this process may use it; Reno, which every process may.
+#[cfg(target_os = "linux")]
 const UNPACED: [&str; 2] = ["cubic", "reno"];
 
 /// Whether a control paces its sender itself (`SK_PACING_NEEDED`): the
 /// BBR family (the kernel's `bbr` and out-of-tree `bbr2`, `bbr3`).
+#[cfg(target_os = "linux")]
 fn paces(name: &str) -> bool {
     name.starts_with("bbr")
 }
@@ -33,9 +35,10 @@ pub fn is_loopback(a: SocketAddr) -> bool {
 /// Moves `sock` off a pacing congestion control. Call it before the
 /// connection is set up (on the listener, or before `connect`): BBR
 /// turns pacing on when it starts on a connection, and a later switch
-/// leaves it on (measured: README "Loopback sockets do not pace"). Returns the control it set, if any; a
-/// socket already unpaced, or one no choice could be set on, is left as
-/// it is (wstap relays either way).
+/// leaves it on (measured: README "Loopback sockets do not pace").
+/// Returns the control it set, if any; a socket already unpaced, or one
+/// no choice could be set on, is left as it is (wstap relays either way).
+#[cfg(target_os = "linux")]
 pub fn unpace(sock: impl AsFd) -> Option<&'static str> {
     let fd = sock.as_fd();
     let now = rustix::net::sockopt::tcp_congestion(fd).ok()?;
@@ -50,6 +53,13 @@ pub fn unpace(sock: impl AsFd) -> Option<&'static str> {
         None => tracing::debug!(cc = %now, "loopback socket keeps its pacing congestion control"),
     }
     set
+}
+
+/// Elsewhere the congestion control is not wstap's to pick (the option is
+/// Linux's): sockets keep the system's.
+#[cfg(not(target_os = "linux"))]
+pub fn unpace(_sock: impl AsFd) -> Option<&'static str> {
+    None
 }
 
 fn socket_for(addr: SocketAddr) -> io::Result<TcpSocket> {
@@ -81,7 +91,7 @@ pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     sock.connect(addr).await
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
     use rustix::net::sockopt::{set_tcp_congestion, tcp_congestion};

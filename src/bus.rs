@@ -3,9 +3,10 @@
 //! channel costs per read, not per frame. By default a full channel makes
 //! the relay wait (the log is the product); in lossy mode events are
 //! dropped and counted instead. When the NDJSON log is the only output,
-//! a batch of frame events skips the channel: the sender encodes it into
-//! the log's buffer itself (see [`EventTx::send_all`]); when no output
-//! lists frames, relays send none.
+//! frame events skip the channel: the sender encodes them into the log's
+//! buffer itself, as its tap makes them (see [`EventTx::with_frame_lines`])
+//! or as a batch (see [`EventTx::send_all`]); when no output lists frames,
+//! relays send none.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -13,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, Notify};
 
 use crate::proto::event::{Event, EventKind};
+use crate::proto::stream::FrameLines;
 use crate::sink::ndjson::SharedLog;
 
 /// Batches queued between the relay and the sinks before senders wait.
@@ -195,6 +197,18 @@ impl EventTx {
             return false;
         };
         self.pending.load(Ordering::Acquire) == 0 && log.take_frames(evs)
+    }
+
+    /// Runs `f` with somewhere to encode frame events straight into the
+    /// log when that keeps each connection's lines in order (as
+    /// `write_here`: the log is the only output and nothing queued is
+    /// unhandled), else with `None`. A relay feeds its tap inside `f`:
+    /// its frames then make no `Event` at all.
+    pub fn with_frame_lines<R>(&self, f: impl FnOnce(Option<&mut dyn FrameLines>) -> R) -> R {
+        match self.log.get() {
+            Some(log) if self.pending.load(Ordering::Acquire) == 0 => log.with_frame_lines(f),
+            _ => f(None),
+        }
     }
 
     /// Whether no output takes frame events: a tap then makes none.

@@ -72,13 +72,30 @@ pub fn recycle(evs: &mut Vec<Event>) {
                 break;
             }
             if let EventKind::Frame(f) = &mut ev.kind {
-                if (1..=KEEP_CAPACITY).contains(&f.preview.capacity()) {
+                if worth_keeping(&f.preview) {
                     s.push(std::mem::take(&mut f.preview));
                 }
             }
         }
     });
     evs.clear();
+}
+
+fn worth_keeping(s: &String) -> bool {
+    (1..=KEEP_CAPACITY).contains(&s.capacity())
+}
+
+/// Keeps a preview string from [`render_pooled`] for this thread's next
+/// frames, once its event is written.
+pub fn give_back(s: String) {
+    if worth_keeping(&s) {
+        SPARE.with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < KEEP {
+                spare.push(s);
+            }
+        });
+    }
 }
 
 /// Binary payloads are shown as text only when nothing in them is a

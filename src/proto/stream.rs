@@ -96,12 +96,20 @@ pub enum Stop {
     MessageEnd,
 }
 
+/// Takes a tap's frame events as it makes them, in place of an [`Event`]
+/// each: the NDJSON log encodes them where they were read (see
+/// [`StreamTap::feed_until_lines`]).
+pub trait FrameLines {
+    fn frame(&mut self, ts: SystemTime, conn: ConnId, frame: &FrameEvent);
+}
+
 /// How far one [`StreamTap::feed_until`] may go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FeedOpts {
     pub stop: Stop,
-    /// Stop after a frame once `out` holds this many events: a read full of
-    /// tiny frames is handed on in bounded batches.
+    /// Stop after a frame once this feed made this many events (lines
+    /// included): a read full of tiny frames is handed on in bounded
+    /// batches.
     pub max_events: usize,
     /// Stop right after the piece that broke the protocol (`--strict`), so
     /// nothing past it is logged as if forwarded.
@@ -194,6 +202,13 @@ impl StreamTap {
         self.dir
     }
 
+    /// Whether this direction's payloads are inflated for previews
+    /// (permessage-deflate): a feed may then take long (up to
+    /// `MAX_INFLATED_PER_MESSAGE` of output).
+    pub fn inflates(&self) -> bool {
+        self.inflater.is_some()
+    }
+
     pub fn stats(&self) -> &StreamStats {
         &self.stats
     }
@@ -275,6 +290,23 @@ impl StreamTap {
         out: &mut Vec<Event>,
         opts: FeedOpts,
     ) -> Fed {
+        self.feed_until_lines(data, now, out, opts, None)
+    }
+
+    /// [`feed_until`](Self::feed_until), with frame events going to
+    /// `lines` instead of `out` while `out` is empty: once this feed made
+    /// another event (a finding), the frames after it follow it in `out`,
+    /// so whoever writes `out` after `lines` keeps their order.
+    pub fn feed_until_lines(
+        &mut self,
+        data: &[u8],
+        now: SystemTime,
+        out: &mut Vec<Event>,
+        opts: FeedOpts,
+        mut lines: Option<&mut dyn FrameLines>,
+    ) -> Fed {
+        // frame events that went to `lines`
+        let mut written = 0usize;
         self.violation_at = None;
         self.violation_mid_frame = false;
         self.current_start = 0;
@@ -294,13 +326,13 @@ impl StreamTap {
                 }
                 Some(Piece::Payload { data, offset }) => self.on_payload(data, offset, now, out),
                 Some(Piece::End) => {
-                    self.on_end(now, out);
+                    written += usize::from(self.on_end(now, out, lines.as_deref_mut()));
                     let here = match opts.stop {
                         Stop::Never => false,
                         Stop::FrameEnd => true,
                         Stop::MessageEnd => self.message.is_none(),
                     };
-                    if here || out.len() >= opts.max_events {
+                    if here || out.len() + written >= opts.max_events {
                         break;
                     }
                 }
@@ -561,9 +593,15 @@ impl StreamTap {
         }
     }
 
-    fn on_end(&mut self, now: SystemTime, out: &mut Vec<Event>) {
+    /// Ends the current frame; `true` when its event went to `lines`.
+    fn on_end<'l>(
+        &mut self,
+        now: SystemTime,
+        out: &mut Vec<Event>,
+        lines: Option<&mut (dyn FrameLines + 'l)>,
+    ) -> bool {
         let Some(cur) = self.current.clone() else {
-            return;
+            return false;
         };
         let h = cur.header;
         let mut close_code = None;
@@ -633,7 +671,7 @@ impl StreamTap {
         self.stats.first_frame_at.get_or_insert(now);
         self.stats.last_frame_at = Some(now);
         if self.cfg.frames_unwanted {
-            return;
+            return false;
         }
         let kept = &self.preview[..self.preview.len().min(self.cfg.max_preview)];
         let shown = kept.len() as u64;
@@ -647,30 +685,38 @@ impl StreamTap {
         let truncated = shown < total || (cur.compressed && note.is_some());
         let payload = (self.cfg.capture > 0 && !unavailable)
             .then(|| self.preview[..self.preview.len().min(self.cfg.capture)].to_vec());
-        out.push(Event::conn(
-            now,
-            self.conn,
-            EventKind::Frame(FrameEvent {
-                from: self.dir,
-                opcode: h.opcode,
-                fin: h.fin,
-                rsv1: h.rsv1,
-                rsv2: h.rsv2,
-                rsv3: h.rsv3,
-                masked: h.mask.is_some(),
-                len: h.len,
-                preview,
-                encoding,
-                truncated,
-                compressed: cur.compressed,
-                close_code,
-                close_name,
-                close_reason,
-                injected: false,
-                note,
-                payload,
-            }),
-        ));
+        let frame = FrameEvent {
+            from: self.dir,
+            opcode: h.opcode,
+            fin: h.fin,
+            rsv1: h.rsv1,
+            rsv2: h.rsv2,
+            rsv3: h.rsv3,
+            masked: h.mask.is_some(),
+            len: h.len,
+            preview,
+            encoding,
+            truncated,
+            compressed: cur.compressed,
+            close_code,
+            close_name,
+            close_reason,
+            injected: false,
+            note,
+            payload,
+        };
+        match lines {
+            // a finding this feed made waits in `out`: the frame follows it
+            Some(lines) if out.is_empty() => {
+                lines.frame(now, self.conn, &frame);
+                preview::give_back(frame.preview);
+                true
+            }
+            _ => {
+                out.push(Event::conn(now, self.conn, EventKind::Frame(frame)));
+                false
+            }
+        }
     }
 }
 
@@ -898,6 +944,74 @@ mod tests {
         );
         assert_eq!((fed.consumed, rest.len()), (4 * one.len(), 4));
         assert_eq!(t.stats().frames, 8);
+    }
+
+    /// Keeps the frame events given to it as lines, as events again.
+    #[derive(Default)]
+    struct Lines(Vec<Event>);
+
+    impl FrameLines for Lines {
+        fn frame(&mut self, ts: SystemTime, conn: ConnId, frame: &FrameEvent) {
+            self.0
+                .push(Event::conn(ts, conn, EventKind::Frame(frame.clone())));
+        }
+    }
+
+    fn as_json(evs: &[Event]) -> Vec<String> {
+        evs.iter()
+            .map(|e| serde_json::to_string(e).expect("events serialize"))
+            .collect()
+    }
+
+    #[test]
+    fn frames_go_to_lines_until_a_finding_and_then_after_it() {
+        let mut w = frame(Opcode::Text, true, M, b"one");
+        w.extend(frame(Opcode::Binary, true, M, b"two"));
+        // unmasked from the client: a finding, then its frame
+        w.extend(frame(Opcode::Text, true, None, b"bad"));
+        w.extend(frame(Opcode::Text, true, M, b"after"));
+        let now = SystemTime::UNIX_EPOCH;
+        let mut plain = Vec::new();
+        tap(Dir::ClientToServer).feed(&w, now, &mut plain);
+
+        let mut t = tap(Dir::ClientToServer);
+        let (mut lines, mut out) = (Lines::default(), Vec::new());
+        let fed = t.feed_until_lines(&w, now, &mut out, FeedOpts::default(), Some(&mut lines));
+        assert_eq!(fed.consumed, w.len());
+        assert_eq!(lines.0.len(), 2, "the frames before the finding");
+        assert!(
+            matches!(out[0].kind, EventKind::Finding(_)),
+            "the finding leads what is left"
+        );
+        let mut both = lines.0;
+        both.extend(out);
+        assert_eq!(
+            as_json(&both),
+            as_json(&plain),
+            "the same events in the same order"
+        );
+        assert_eq!(t.stats().frames, 4);
+    }
+
+    #[test]
+    fn lines_count_towards_a_batch() {
+        let mut t = tap(Dir::ServerToClient);
+        let one = frame(Opcode::Binary, true, None, b"x");
+        let wire = one.repeat(10);
+        let opts = FeedOpts {
+            max_events: 4,
+            ..FeedOpts::default()
+        };
+        let (mut lines, mut out) = (Lines::default(), Vec::new());
+        let fed = t.feed_until_lines(
+            &wire,
+            SystemTime::UNIX_EPOCH,
+            &mut out,
+            opts,
+            Some(&mut lines),
+        );
+        assert_eq!((fed.consumed, lines.0.len()), (4 * one.len(), 4));
+        assert!(out.is_empty());
     }
 
     #[test]

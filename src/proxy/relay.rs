@@ -530,7 +530,17 @@ where
             let mut off = 0;
             while off < data.len() {
                 reserve_batch(&mut out, last_batch);
-                let fed = tap.feed_until(&data[off..], now, &mut out, batch);
+                let rest = &data[off..];
+                // Frames straight into the log, which stays locked for the
+                // feed; not while inflating, which can take long enough to
+                // hold up the sink thread's writing.
+                let fed = if tap.inflates() {
+                    tap.feed_until(rest, now, &mut out, batch)
+                } else {
+                    shared.events.with_frame_lines(|lines| {
+                        tap.feed_until_lines(rest, now, &mut out, batch, lines)
+                    })
+                };
                 off += fed.consumed;
                 if !out.is_empty() {
                     last_batch = out.len();

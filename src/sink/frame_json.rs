@@ -5,7 +5,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::proto::event::{Dir, Encoding, Event, EventKind, FrameEvent};
+use crate::proto::event::{ConnId, Dir, Encoding, Event, EventKind, FrameEvent};
 
 /// Remembers the formatted date and time of the last second seen, and
 /// holds the runs of fields that only take a few values, written out once.
@@ -195,13 +195,25 @@ impl FrameEncoder {
         let EventKind::Frame(f) = &ev.kind else {
             return false;
         };
-        self.push_ts(out, ev.ts);
-        if let Some(c) = ev.conn {
+        self.encode_frame(out, ev.ts, ev.conn, f);
+        true
+    }
+
+    /// Appends the frame event of `conn` made at `ts`, as [`Self::encode`]
+    /// writes its `Event`.
+    pub fn encode_frame(
+        &mut self,
+        out: &mut Vec<u8>,
+        ts: SystemTime,
+        conn: Option<ConnId>,
+        f: &FrameEvent,
+    ) {
+        self.push_ts(out, ts);
+        if let Some(c) = conn {
             push_u64(out, b",\"conn\":", c.0);
         }
         self.frame_fields(out, f);
         out.push(b'}');
-        true
     }
 }
 
@@ -239,7 +251,6 @@ impl FrameEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::event::ConnId;
     use crate::proto::frame::Opcode;
     use proptest::prelude::*;
     use std::time::Duration;

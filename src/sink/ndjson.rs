@@ -3,9 +3,10 @@
 //! it is full or the dispatcher says so. `diff` reads these files back.
 //!
 //! The buffer ([`SharedLog`]) can also take frame lines from the relay
-//! threads themselves (see `bus::EventTx::send_all`): when the log is the
-//! only output, a read's frames are cheaper to encode where they were
-//! read than to hand to the sink thread as events. Each relay thread has
+//! threads themselves (see `bus::EventTx::with_frame_lines` and
+//! `send_all`): when the log is the only output, a read's frames are
+//! cheaper to encode where they were read than to hand to the sink thread
+//! as events. Each relay thread has
 //! a buffer of its own, so relays never wait on each other.
 
 use std::cell::{Cell, RefCell};
@@ -14,13 +15,14 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use tokio::sync::Notify;
 
 use super::frame_json::FrameEncoder;
 use super::{Sink, FLUSH_EVERY};
-use crate::proto::event::{Event, EventKind};
+use crate::proto::event::{ConnId, Event, EventKind, FrameEvent};
+use crate::proto::stream::FrameLines;
 
 /// Bytes gathered before they are written out. Each time a buffer fills,
 /// a relay wakes the sink thread, on a machine the relays keep busy; at
@@ -61,6 +63,16 @@ struct Lines {
     since: Option<Instant>,
     /// Frame events senders encoded into this buffer themselves.
     from_relays: u64,
+}
+
+/// A relay's frame events, encoded as they are made.
+impl FrameLines for Lines {
+    fn frame(&mut self, ts: SystemTime, conn: ConnId, frame: &FrameEvent) {
+        self.frames
+            .encode_frame(&mut self.buf, ts, Some(conn), frame);
+        self.buf.push(b'\n');
+        self.from_relays += 1;
+    }
 }
 
 impl Lines {
@@ -176,43 +188,57 @@ impl SharedLog {
     /// Encodes `evs` here if they are all frame events and the buffer has
     /// room; `false` (nothing taken) otherwise. Called by the relays.
     pub fn take_frames(&self, evs: &[Event]) -> bool {
-        if self.failed.load(Ordering::Relaxed)
-            || !evs.iter().all(|e| matches!(e.kind, EventKind::Frame(_)))
-        {
+        if !evs.iter().all(|e| matches!(e.kind, EventKind::Frame(_))) {
             return false;
         }
-        let Some(wake) = self.wake.get() else {
-            return false;
-        };
-        let added = self.with_lines(|l| {
-            let mut l = lock(l);
-            let before = l.buf.len();
-            if before >= HELD_MAX {
-                return None;
-            }
-            let Lines {
-                buf,
-                frames,
-                since,
-                from_relays,
-            } = &mut *l;
+        self.add_lines(|l| {
+            let Some(l) = l else { return false };
+            let Lines { buf, frames, .. } = &mut *l;
             for ev in evs {
                 frames.encode(buf, ev);
                 buf.push(b'\n');
             }
-            if before == 0 {
-                *since = Some(Instant::now());
-            }
-            *from_relays += evs.len() as u64;
-            Some((before, buf.len()))
-        });
-        let Some((before, after)) = added else {
-            return false;
+            l.from_relays += evs.len() as u64;
+            true
+        })
+    }
+
+    /// Runs `f` with this thread's buffer to write frame lines into
+    /// (through [`FrameLines`]) when relays may add lines now, else with
+    /// `None`. Called by the relays, around a feed of their tap.
+    pub fn with_frame_lines<R>(&self, f: impl FnOnce(Option<&mut dyn FrameLines>) -> R) -> R {
+        self.add_lines(|l| f(l.map(|l| l as &mut dyn FrameLines)))
+    }
+
+    /// Runs `f` on the calling thread's buffer, locked, when relays may
+    /// add lines (the log works, and the buffer is not over [`HELD_MAX`]),
+    /// else on `None`; then wakes the dispatcher if the lines added are
+    /// the first since the last write or filled the buffer.
+    fn add_lines<R>(&self, f: impl FnOnce(Option<&mut Lines>) -> R) -> R {
+        let Some(wake) = self.wake.get() else {
+            return f(None);
         };
-        if before == 0 || (before < BUF && after >= BUF) {
-            wake.notify_one();
+        if self.failed.load(Ordering::Relaxed) {
+            return f(None);
         }
-        true
+        self.with_lines(|l| {
+            let mut l = lock(l);
+            let before = l.buf.len();
+            if before >= HELD_MAX {
+                drop(l);
+                return f(None);
+            }
+            let r = f(Some(&mut l));
+            let after = l.buf.len();
+            if before == 0 && after > 0 {
+                l.since = Some(Instant::now());
+            }
+            drop(l);
+            if (before == 0 && after > 0) || (before < BUF && after >= BUF) {
+                wake.notify_one();
+            }
+            r
+        })
     }
 
     /// Appends events of any kind (the sink thread), under one lock. The
@@ -498,6 +524,21 @@ mod tests {
                 })
                 .collect();
             seq += batch.len() as u64;
+            if (round >> 30) % 2 == 0 {
+                // as a relay's tap does: frames straight into the log until
+                // another event comes, which goes with the rest through the
+                // queue
+                let mut rest = batch.into_iter().peekable();
+                tx.with_frame_lines(|lines| {
+                    let Some(lines) = lines else { return };
+                    while let Some(ev) = rest.next_if(|e| matches!(e.kind, EventKind::Frame(_))) {
+                        if let (EventKind::Frame(f), Some(conn)) = (&ev.kind, ev.conn) {
+                            lines.frame(ev.ts, conn, f);
+                        }
+                    }
+                });
+                batch = rest.collect();
+            }
             tx.send_all(&mut batch).await;
             if (round >> 50) % 4 == 0 {
                 tokio::task::yield_now().await;

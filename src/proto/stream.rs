@@ -685,8 +685,11 @@ impl StreamTap {
         let truncated = shown < total || (cur.compressed && note.is_some());
         let payload = (self.cfg.capture > 0 && !unavailable)
             .then(|| self.preview[..self.preview.len().min(self.cfg.capture)].to_vec());
-        let frame = FrameEvent {
-            from: self.dir,
+        let from = self.dir;
+        // made where it goes: built first and then moved into an `Event`,
+        // a small frame cost some 10% more (`cargo bench --bench decoder`)
+        let frame = move || FrameEvent {
+            from,
             opcode: h.opcode,
             fin: h.fin,
             rsv1: h.rsv1,
@@ -708,12 +711,13 @@ impl StreamTap {
         match lines {
             // a finding this feed made waits in `out`: the frame follows it
             Some(lines) if out.is_empty() => {
+                let frame = frame();
                 lines.frame(now, self.conn, &frame);
                 preview::give_back(frame.preview);
                 true
             }
             _ => {
-                out.push(Event::conn(now, self.conn, EventKind::Frame(frame)));
+                out.push(Event::conn(now, self.conn, EventKind::Frame(frame())));
                 false
             }
         }

@@ -6,8 +6,8 @@
 //! threads themselves (see `bus::EventTx::with_frame_lines` and
 //! `send_all`): when the log is the only output, a read's frames are
 //! cheaper to encode where they were read than to hand to the sink thread
-//! as events. Each relay thread has
-//! a buffer of its own, so relays never wait on each other.
+//! as events. Each relay thread has a buffer of its own, so relays never
+//! wait on each other.
 
 use std::cell::{Cell, RefCell};
 use std::fs::File;

@@ -193,21 +193,25 @@ impl EventTx {
         if evs.is_empty() || evs.len() > MAX_BATCH {
             return false;
         }
-        let Some(log) = self.log.get() else {
-            return false;
-        };
-        self.pending.load(Ordering::Acquire) == 0 && log.take_frames(evs)
+        self.log_in_order().is_some_and(|log| log.take_frames(evs))
+    }
+
+    /// The log, when frame lines written into it now cannot overtake a
+    /// connection's events still queued: it lets senders in and nothing
+    /// queued is unhandled.
+    fn log_in_order(&self) -> Option<&SharedLog> {
+        let log = self.log.get()?;
+        (self.pending.load(Ordering::Acquire) == 0).then_some(&**log)
     }
 
     /// Runs `f` with somewhere to encode frame events straight into the
     /// log when that keeps each connection's lines in order (as
-    /// `write_here`: the log is the only output and nothing queued is
-    /// unhandled), else with `None`. A relay feeds its tap inside `f`:
+    /// `write_here`), else with `None`. A relay feeds its tap inside `f`:
     /// its frames then make no `Event` at all.
     pub fn with_frame_lines<R>(&self, f: impl FnOnce(Option<&mut dyn FrameLines>) -> R) -> R {
-        match self.log.get() {
-            Some(log) if self.pending.load(Ordering::Acquire) == 0 => log.with_frame_lines(f),
-            _ => f(None),
+        match self.log_in_order() {
+            Some(log) => log.with_frame_lines(f),
+            None => f(None),
         }
     }
 

@@ -33,7 +33,7 @@
 //! Timing is reported, never asserted: correctness under load is for the
 //! tests (tests/bench_client.rs).
 
-use std::io::BufRead;
+use std::io::{self, BufRead};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -52,6 +52,8 @@ use wstap::proto::frame::Opcode;
 
 #[path = "bench/floor.rs"]
 mod floor;
+#[path = "bench/hops.rs"]
+mod hops;
 #[path = "bench/spin.rs"]
 mod spin;
 
@@ -1008,6 +1010,12 @@ impl Bench {
                 .iter()
                 .find(|(t, _, _)| *t == TargetKind::Direct)
                 .map(|(_, r, _)| r.clone());
+            let hop_floor =
+                if case.kind == Kind::RoundTrip && case.conns == 1 && case.size <= hops::MAX_SIZE {
+                    self.hop_floor(&case, base.as_ref()).await
+                } else {
+                    None
+                };
             let results: Vec<Value> = rows
                 .iter()
                 .map(|(t, r, all)| {
@@ -1046,12 +1054,39 @@ impl Bench {
                     "opcode": self.opcode.name(),
                     "seconds": self.seconds,
                     "rounds": self.rounds,
+                    "two_hops_p50_us": hop_floor,
                     "results": results,
                 })
                 .to_string(),
             );
         }
         Ok(())
+    }
+
+    /// Times the two loopback hops a relay adds to this round trip (see
+    /// `bench/hops.rs`) and prints them under the case's rows, with the
+    /// p50 ratio a relay that cost nothing else would reach.
+    async fn hop_floor(&mut self, case: &Case, direct: Option<&Row>) -> Option<f64> {
+        let size = case.size;
+        let timed = tokio::task::spawn_blocking(move || hops::two_hops_p50_us(size, 100_000)).await;
+        let us = match timed.map_err(io::Error::other).and_then(|r| r) {
+            Ok(us) => us,
+            Err(e) => {
+                self.failures
+                    .push(format!("{} two-hop floor: {e}", case.name));
+                return None;
+            }
+        };
+        let best = direct
+            .and_then(|d| d.p50_us)
+            .map(|p| format!("; direct's p50 plus them: {:.2}x direct, the least a relay in user space can reach", (p + us) / p))
+            .unwrap_or_default();
+        println!(
+            "{:<16} two loopback hops of {} (a send and a receive each way, one thread, no wake-up): p50 {us:.2} µs{best}",
+            case.name,
+            human(size)
+        );
+        Some(round3(us))
     }
 
     /// One big message through wstap (fresh, so VmHWM is this case's peak)

@@ -30,6 +30,9 @@
 //! table), wstap and the bare relay fresh for each: `wstap` is `--quiet`
 //! with no sinks, `wstap-json` is `--quiet --json FILE` (every frame
 //! logged). It prints a table as it goes, then one JSON line per case.
+//! Under the one-connection round trips of up to 4 KiB it also times the
+//! two loopback hops any relay adds to them (`bench/hops.rs`), the floor
+//! beneath their p50 ratio.
 //! Timing is reported, never asserted: correctness under load is for the
 //! tests (tests/bench_client.rs).
 

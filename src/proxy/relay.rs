@@ -138,8 +138,12 @@ impl Inbox {
                 return Poll::Pending;
             }
         }
+        // Out of tokio's cooperative budget, the channel answers `Pending`
+        // (and has the task polled again) without taking the waker: only
+        // a `Pending` with budget left leaves the waker with the channel.
+        let registers = tokio::task::coop::has_budget_remaining();
         let r = self.rx.poll_recv(cx);
-        self.armed = r.is_pending().then(|| cx.waker().clone());
+        self.armed = (r.is_pending() && registers).then(|| cx.waker().clone());
         r
     }
 }
@@ -823,5 +827,43 @@ mod tests {
         tx.try_send(control(4004)).unwrap();
         assert_eq!(other.0.load(Ordering::SeqCst), 1);
         assert_eq!(wakes(), 3);
+    }
+
+    /// A task out of tokio's cooperative budget gets `Pending` from the
+    /// channel without the channel taking its waker; an inbox that took
+    /// that for a wait would skip the next one, and the next control would
+    /// wake no one (a pump after a long burst of reads, then silence).
+    #[tokio::test]
+    async fn an_inbox_polled_out_of_budget_still_wakes_for_the_next_control() {
+        use std::future::Future;
+        let (tx, rx) = mpsc::channel(4);
+        let mut inbox = Inbox::new(rx);
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tx.send(control(4005)).await.ok();
+            // the channel stays open: a closed one would wake the pump anyway
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        });
+        let mut polls = 0;
+        let got = tokio::select! {
+            biased;
+            _ = tokio::time::sleep(Duration::from_secs(2)) => None,
+            c = std::future::poll_fn(|cx| {
+                polls += 1;
+                if polls == 1 {
+                    while tokio::task::coop::has_budget_remaining() {
+                        let _ = std::pin::pin!(tokio::task::coop::consume_budget()).poll(cx);
+                    }
+                }
+                inbox.poll_next(cx)
+            }) => c,
+        };
+        sender.abort();
+        assert_eq!(
+            got.as_deref().and_then(code),
+            Some(4005),
+            "the control sent after the pump went back to waiting woke it"
+        );
+        assert!(polls >= 3, "polled out of budget, then waiting, then woken");
     }
 }

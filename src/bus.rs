@@ -155,33 +155,55 @@ pub fn channel(capacity: usize, lossy: bool) -> (EventTx, EventRx) {
     )
 }
 
+/// A batch counted in `pending` that has not reached the queue: dropped
+/// without [`Unqueued::queued`] (not sent, or the sending future dropped
+/// while it waited for room, as a relay ending a connection does), it
+/// takes the count back, or the log would wait for a batch that never
+/// comes and take no frame lines from the senders again.
+struct Unqueued<'a>(Option<&'a AtomicUsize>);
+
+impl<'a> Unqueued<'a> {
+    fn new(pending: &'a AtomicUsize) -> Self {
+        // counted before it can be received, so never below 0
+        pending.fetch_add(1, Ordering::Relaxed);
+        Unqueued(Some(pending))
+    }
+
+    /// In the queue: the dispatcher takes the count back once it is handled.
+    fn queued(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unqueued<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.0 {
+            p.fetch_sub(1, Ordering::Release);
+        }
+    }
+}
+
 impl EventTx {
     async fn send_batch(&self, batch: Vec<Event>) {
-        // counted before it can be received, so never below 0
-        self.pending.fetch_add(1, Ordering::Relaxed);
+        let count = Unqueued::new(&self.pending);
         match self.tx.try_send(batch) {
-            Ok(()) => {}
+            Ok(()) => count.queued(),
             // once the sinks are gone (shutdown) events are discarded
-            Err(mpsc::error::TrySendError::Closed(_)) => self.not_queued(),
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
             Err(mpsc::error::TrySendError::Full(b)) => {
                 // the dispatcher may be letting events gather: wake it
                 self.full.notify_one();
                 if self.lossy {
                     self.dropped.fetch_add(b.len() as u64, Ordering::Relaxed);
-                    self.not_queued();
                 } else {
                     // boxed: waiting is rare, and the wait's state would
                     // otherwise take room in every connection's future
-                    if Box::pin(self.tx.send(b)).await.is_err() {
-                        self.not_queued();
+                    if Box::pin(self.tx.send(b)).await.is_ok() {
+                        count.queued();
                     }
                 }
             }
         }
-    }
-
-    fn not_queued(&self) {
-        self.pending.fetch_sub(1, Ordering::Release);
     }
 
     /// Encodes `evs` into the log here when that keeps each connection's
@@ -295,6 +317,27 @@ mod tests {
         waiting.await.unwrap();
         rx.recv_many(&mut got, 8).await;
         assert_eq!(got.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_send_dropped_while_it_waits_for_room_is_not_counted_as_queued() {
+        let (tx, mut rx) = channel(1, false);
+        tx.send(ev(1)).await;
+        assert_eq!(tx.pending.load(Ordering::Acquire), 1);
+        // the queue is full: this send waits, and is given up (a relay
+        // dropping a pump that was in it)
+        let gave_up =
+            tokio::time::timeout(std::time::Duration::from_millis(50), tx.send(ev(2))).await;
+        assert!(gave_up.is_err(), "the send waited for room");
+        let mut got = Vec::new();
+        rx.recv_many(&mut got, 8).await;
+        rx.handled(1);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            tx.pending.load(Ordering::Acquire),
+            0,
+            "nothing is left counted as queued, so senders may write lines again"
+        );
     }
 
     #[tokio::test]

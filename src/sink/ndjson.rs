@@ -335,9 +335,14 @@ impl SharedLog {
 }
 
 impl Drop for SharedLog {
-    /// What is still gathered goes out, as a `BufWriter` would write it.
+    /// What is still gathered goes out, as a `BufWriter` would write it;
+    /// not after a failed write, which may have left half a line (a full
+    /// disk): lines appended to it, should space have come back, would
+    /// make one broken line and a gap.
     fn drop(&mut self) {
-        let _ = self.write_out();
+        if !self.failed.load(Ordering::Relaxed) {
+            let _ = self.write_out();
+        }
     }
 }
 
@@ -587,6 +592,60 @@ mod tests {
 
     /// Pinned relay threads, each with connections of its own, keep their
     /// lines in buffers of their own: the lines still come out in each
+    /// Takes `room` bytes, then fails once as a full disk does, then takes
+    /// everything again (space came back).
+    struct FullOnce {
+        mem: Memory,
+        room: Option<usize>,
+    }
+
+    impl Write for FullOnce {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            match self.room {
+                None => self.mem.write(b),
+                Some(0) => {
+                    self.room = None;
+                    Err(io::Error::other("no space left on device"))
+                }
+                Some(n) => {
+                    let k = n.min(b.len());
+                    self.room = Some(n - k);
+                    self.mem.write(&b[..k])
+                }
+            }
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn after_a_failed_write_nothing_is_appended_to_the_half_line() {
+        let mem = Memory::default();
+        let log = SharedLog::new(Box::new(FullOnce {
+            mem: mem.clone(),
+            room: Some(10),
+        }));
+        log.open_to_relays(Arc::new(Notify::new()));
+        log.push(&[other(1, 0)]).expect("gathered");
+        // a relay thread's lines, written after the shared buffer's
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                pin_thread();
+                assert!(log.take_frames(&[frame(1, 1), frame(1, 2)]));
+            });
+        });
+        assert!(log.flush().is_err(), "the disk filled up mid-line");
+        assert_eq!(mem.bytes().len(), 10);
+        drop(log);
+        assert_eq!(
+            mem.bytes().len(),
+            10,
+            "the relay's lines were not glued to the half line at exit"
+        );
+    }
+
     /// connection's order, and the timer writes them out while the
     /// senders are still there.
     #[test]

@@ -27,6 +27,12 @@ pub const SPLICE_MIN: u64 = 16 * 1024;
 #[cfg(target_os = "linux")]
 const PIPE_SIZE: usize = 1024 * 1024;
 
+/// Bytes a splice round may move per unit of tokio's cooperative budget
+/// it spends: about what one read and its write move when the relay
+/// copies.
+#[cfg(target_os = "linux")]
+const BYTES_PER_BUDGET_UNIT: usize = 64 * 1024;
+
 /// Bytes spliced by this process so far (tests check the path is taken).
 static SPLICED: AtomicU64 = AtomicU64::new(0);
 
@@ -187,6 +193,14 @@ impl Pipe {
         use tokio::io::Interest;
         let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
         let max = max.min(self.capacity);
+        // Readiness checks and `try_io` spend none of the task's budget:
+        // spent here as copying would spend it, or a long frame between two
+        // fast peers holds the relay thread, and every other connection on
+        // it, until it ends. Before any byte moves, so that a round dropped
+        // while it yields has moved nothing.
+        for _ in 0..max.div_ceil(BYTES_PER_BUDGET_UNIT).max(1) {
+            tokio::task::coop::consume_budget().await;
+        }
         let got = loop {
             src.readable().await.map_err(SpliceError::Read)?;
             match src.try_io(Interest::READABLE, || {
@@ -242,5 +256,43 @@ impl Pipe {
         Err(SpliceError::Read(io::Error::from(
             io::ErrorKind::Unsupported,
         )))
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    async fn pair() -> (std::net::TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        (peer, s)
+    }
+
+    /// Rounds whose source always has bytes never wait on a socket; they
+    /// must still let the other tasks of the relay thread run.
+    #[tokio::test]
+    async fn rounds_give_the_thread_to_other_tasks_while_bytes_keep_coming() {
+        let (mut feed, src) = pair().await;
+        let (_sink, dst) = pair().await;
+        let pipe = Pipe::new().unwrap();
+        let other_ran = Arc::new(AtomicBool::new(false));
+        let flag = other_ran.clone();
+        tokio::spawn(async move { flag.store(true, Ordering::Relaxed) });
+        let mut rounds = 0;
+        while !other_ran.load(Ordering::Relaxed) && rounds < 1000 {
+            // the next byte is there before the round looks
+            feed.write_all(&[rounds as u8]).unwrap();
+            assert_eq!(pipe.round(&src, &dst, usize::MAX).await.unwrap(), 1);
+            rounds += 1;
+        }
+        assert!(
+            other_ran.load(Ordering::Relaxed),
+            "another task ran within {rounds} rounds"
+        );
     }
 }

@@ -9,6 +9,7 @@
 //! control inbox.
 
 use std::future::Future;
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -196,6 +197,10 @@ struct Shared<'a> {
     /// Each side's activity stamp (see [`Shared::touch`]).
     last_client: AtomicU64,
     last_server: AtomicU64,
+    /// Bytes of each side's stream written on to the other side so far:
+    /// a write to a slow reader is progress too (see [`linger`]).
+    written_client: AtomicU64,
+    written_server: AtomicU64,
 }
 
 impl Shared<'_> {
@@ -208,6 +213,14 @@ impl Shared<'_> {
         match dir {
             Dir::ClientToServer => &self.last_client,
             Dir::ServerToClient => &self.last_server,
+        }
+    }
+
+    /// Bytes of the sender of `dir` written on so far.
+    fn written(&self, dir: Dir) -> &AtomicU64 {
+        match dir {
+            Dir::ClientToServer => &self.written_client,
+            Dir::ServerToClient => &self.written_server,
         }
     }
 
@@ -263,6 +276,8 @@ where
         started: Instant::now(),
         last_client: AtomicU64::new(0),
         last_server: AtomicU64::new(0),
+        written_client: AtomicU64::new(0),
+        written_server: AtomicU64::new(0),
     };
     // Each pump is polled only when its own socket or inbox woke the
     // task: bytes in one direction then cost nothing in the other.
@@ -291,11 +306,11 @@ where
             biased;
             end = &mut up => {
                 let at = SystemTime::now();
-                (after_first(Dir::ClientToServer, end, down, &shared.last_server).await, at)
+                (after_first(Dir::ClientToServer, end, down, &shared, Dir::ServerToClient).await, at)
             }
             end = &mut down => {
                 let at = SystemTime::now();
-                (after_first(Dir::ServerToClient, end, up, &shared.last_client).await, at)
+                (after_first(Dir::ServerToClient, end, up, &shared, Dir::ClientToServer).await, at)
             }
             cut = &mut idle => (cut, SystemTime::now()),
         }
@@ -314,11 +329,13 @@ async fn after_first<F: Future<Output = StreamEnd>>(
     dir: Dir,
     end: StreamEnd,
     other: F,
-    other_seen: &AtomicU64,
+    shared: &Shared<'_>,
+    other_dir: Dir,
 ) -> RelayEnd {
+    let (other_seen, other_written) = (shared.last_seen(other_dir), shared.written(other_dir));
     match end {
         StreamEnd::Eof => {
-            linger(other, other_seen).await;
+            linger(other, other_seen, other_written).await;
             RelayEnd::Peer(dir, StreamEnd::Eof)
         }
         StreamEnd::Cut { reason, detail } => {
@@ -332,21 +349,28 @@ async fn after_first<F: Future<Output = StreamEnd>>(
         failed => {
             // the other direction may still hold what its peer needs (a
             // close frame already read): let it finish, as after a FIN
-            linger(other, other_seen).await;
+            linger(other, other_seen, other_written).await;
             RelayEnd::Peer(dir, failed)
         }
     }
 }
 
-/// Lets the remaining direction run while it keeps sending.
-async fn linger<F: Future>(pump: F, last: &AtomicU64) {
+/// Lets the remaining direction run while it keeps sending, or keeps
+/// delivering what it sent to a reader that takes it slowly.
+async fn linger<F: Future>(pump: F, last: &AtomicU64, written: &AtomicU64) {
     tokio::pin!(pump);
+    let moved = || {
+        (
+            last.load(Ordering::Relaxed),
+            written.load(Ordering::Relaxed),
+        )
+    };
     loop {
-        let before = last.load(Ordering::Relaxed);
+        let before = moved();
         tokio::select! {
             _ = &mut pump => return,
             _ = tokio::time::sleep(LINGER) => {
-                if last.load(Ordering::Relaxed) == before {
+                if moved() == before {
                     tracing::debug!("the other side did not close within {LINGER:?}; closing");
                     return;
                 }
@@ -526,7 +550,7 @@ where
             // stamped when read: a slow reader must not move the frames later
             let now = SystemTime::now();
             shared.touch(dir);
-            let written = write_flush(wr, data).await;
+            let written = write_noting(wr, data, shared.written(dir)).await;
             let batch = FeedOpts {
                 max_events: MAX_BATCH,
                 ..FeedOpts::default()
@@ -577,7 +601,7 @@ where
         let n = violation.unwrap_or(fed.consumed).min(fed.consumed);
         shared.touch(dir);
         let written = if n > 0 {
-            write_flush(wr, &data[..n]).await
+            write_noting(wr, &data[..n], shared.written(dir)).await
         } else {
             Ok(())
         };
@@ -601,6 +625,29 @@ where
             .await;
         }
     }
+}
+
+/// Writes all of `data` and flushes, adding each partial write to
+/// `written` as it goes: a peer that reads slowly takes a large read in
+/// many writes, and the linger must see those as progress.
+async fn write_noting<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    mut data: &[u8],
+    written: &AtomicU64,
+) -> io::Result<()> {
+    while !data.is_empty() {
+        let n = wr.write(data).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        // only this direction's pump writes it: no atomic add needed
+        written.store(
+            written.load(Ordering::Relaxed).wrapping_add(n as u64),
+            Ordering::Relaxed,
+        );
+        data = &data[n..];
+    }
+    wr.flush().await
 }
 
 /// What [`splice_round`] did.
@@ -642,7 +689,7 @@ where
         return Spliced::Not;
     };
     let max = usize::try_from(ahead).unwrap_or(usize::MAX);
-    match p.round(src, dst, max).await {
+    match p.round(src, dst, max, shared.written(tap.dir())).await {
         Ok(0) => {
             // the sender closed: pass the half-close on, as a read would
             let _ = wr.shutdown().await;
@@ -827,6 +874,28 @@ mod tests {
         tx.try_send(control(4004)).unwrap();
         assert_eq!(other.0.load(Ordering::SeqCst), 1);
         assert_eq!(wakes(), 3);
+    }
+
+    /// After one direction ended, the other is let run while it moves
+    /// bytes: a write that a slow reader takes a piece at a time moves
+    /// them though nothing new is read (here for longer than the linger).
+    #[tokio::test]
+    async fn the_linger_waits_for_a_direction_still_delivering_to_a_slow_reader() {
+        use std::sync::atomic::AtomicBool;
+        let (last, written) = (AtomicU64::new(0), AtomicU64::new(0));
+        let done = AtomicBool::new(false);
+        let pump = async {
+            for _ in 0..9 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                written.fetch_add(16 * 1024, Ordering::Relaxed);
+            }
+            done.store(true, Ordering::Relaxed);
+        };
+        linger(pump, &last, &written).await;
+        assert!(
+            done.load(Ordering::Relaxed),
+            "cut while it was still delivering"
+        );
     }
 
     /// A task out of tokio's cooperative budget gets `Pending` from the

@@ -183,11 +183,14 @@ impl Pipe {
     /// Moves up to `max` bytes from `src` to `dst` through the pipe: waits
     /// for `src` to have data, takes what is there, then waits until all
     /// of it is written. `Ok(0)`: `src` reached its end.
+    /// Each write's bytes are added to `written` as they go (a round to a
+    /// slow reader takes many).
     pub async fn round(
         &self,
         src: &TcpStream,
         dst: &TcpStream,
         max: usize,
+        written: &AtomicU64,
     ) -> Result<usize, SpliceError> {
         use rustix::pipe::{splice, SpliceFlags};
         use tokio::io::Interest;
@@ -226,7 +229,14 @@ impl Pipe {
                         "the socket took no bytes",
                     )))
                 }
-                Ok(n) => left -= n,
+                Ok(n) => {
+                    left -= n;
+                    // only this direction's pump writes it
+                    written.store(
+                        written.load(Ordering::Relaxed).wrapping_add(n as u64),
+                        Ordering::Relaxed,
+                    );
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(SpliceError::Write(e)),
             }
@@ -252,6 +262,7 @@ impl Pipe {
         _src: &TcpStream,
         _dst: &TcpStream,
         _max: usize,
+        _written: &AtomicU64,
     ) -> Result<usize, SpliceError> {
         Err(SpliceError::Read(io::Error::from(
             io::ErrorKind::Unsupported,
@@ -287,7 +298,12 @@ mod tests {
         while !other_ran.load(Ordering::Relaxed) && rounds < 1000 {
             // the next byte is there before the round looks
             feed.write_all(&[rounds as u8]).unwrap();
-            assert_eq!(pipe.round(&src, &dst, usize::MAX).await.unwrap(), 1);
+            let written = AtomicU64::new(0);
+            assert_eq!(
+                pipe.round(&src, &dst, usize::MAX, &written).await.unwrap(),
+                1
+            );
+            assert_eq!(written.load(Ordering::Relaxed), 1);
             rounds += 1;
         }
         assert!(

@@ -234,13 +234,18 @@ impl Shared<'_> {
         if self.opts.idle_cut.is_some() {
             stamp.store(self.now_ms(), Ordering::Relaxed);
         } else {
-            // only this direction's pump writes its stamp
-            stamp.store(
-                stamp.load(Ordering::Relaxed).wrapping_add(1),
-                Ordering::Relaxed,
-            );
+            add_own(stamp, 1);
         }
     }
+}
+
+/// Adds `n` to a count only the calling direction's pump writes: no
+/// atomic add (a locked instruction) needed on the per-read path.
+fn add_own(count: &AtomicU64, n: u64) {
+    count.store(
+        count.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
 }
 
 /// Relays until both directions end, one fails, or wstap cuts the
@@ -640,11 +645,7 @@ async fn write_noting<W: AsyncWrite + Unpin>(
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        // only this direction's pump writes it: no atomic add needed
-        written.store(
-            written.load(Ordering::Relaxed).wrapping_add(n as u64),
-            Ordering::Relaxed,
-        );
+        add_own(written, n as u64);
         data = &data[n..];
     }
     wr.flush().await

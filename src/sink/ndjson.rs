@@ -68,10 +68,7 @@ struct Lines {
 /// A relay's frame events, encoded as they are made.
 impl FrameLines for Lines {
     fn frame(&mut self, ts: SystemTime, conn: ConnId, frame: &FrameEvent) {
-        self.frames
-            .encode_frame(&mut self.buf, ts, Some(conn), frame);
-        self.buf.push(b'\n');
-        self.from_relays += 1;
+        self.relay_frame(ts, Some(conn), frame);
     }
 }
 
@@ -83,6 +80,13 @@ impl Lines {
             since: None,
             from_relays: 0,
         }
+    }
+
+    /// A frame event's line, written by a relay.
+    fn relay_frame(&mut self, ts: SystemTime, conn: Option<ConnId>, frame: &FrameEvent) {
+        self.frames.encode_frame(&mut self.buf, ts, conn, frame);
+        self.buf.push(b'\n');
+        self.from_relays += 1;
     }
 }
 
@@ -193,12 +197,11 @@ impl SharedLog {
         }
         self.add_lines(|l| {
             let Some(l) = l else { return false };
-            let Lines { buf, frames, .. } = &mut *l;
             for ev in evs {
-                frames.encode(buf, ev);
-                buf.push(b'\n');
+                if let EventKind::Frame(f) = &ev.kind {
+                    l.relay_frame(ev.ts, ev.conn, f);
+                }
             }
-            l.from_relays += evs.len() as u64;
             true
         })
     }
@@ -590,8 +593,6 @@ mod tests {
         assert_in_order(&mem);
     }
 
-    /// Pinned relay threads, each with connections of its own, keep their
-    /// lines in buffers of their own: the lines still come out in each
     /// Takes `room` bytes, then fails once as a full disk does, then takes
     /// everything again (space came back).
     struct FullOnce {
@@ -646,6 +647,8 @@ mod tests {
         );
     }
 
+    /// Pinned relay threads, each with connections of its own, keep their
+    /// lines in buffers of their own: the lines still come out in each
     /// connection's order, and the timer writes them out while the
     /// senders are still there.
     #[test]

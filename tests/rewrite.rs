@@ -17,6 +17,10 @@ use wstap::demo::echo::EchoOptions;
 use wstap::proto::event::view_header;
 use wstap::proto::rewrite::{parse_rules_toml, Op, Rule, Rules, Scope};
 use wstap::proto::simulate::Hop;
+use wstap::proxy::{ForwardOptions, Mode};
+use wstap::tls::ca::LocalCa;
+use wstap::tls::leaf::LeafMinter;
+use wstap::tls::server::Interceptor;
 
 /// An upstream that records each request head and answers `reply`.
 async fn recording(reply: &'static [u8]) -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
@@ -143,6 +147,48 @@ set_request_header = "X-Host: admin"
     );
     // "/apix" starts with "/api" too: prefixes are plain string prefixes
     assert!(heads[2].contains("X-Scoped: path"), "{}", heads[2]);
+}
+
+#[tokio::test]
+async fn path_scoped_rules_apply_in_forward_mode() {
+    let (up, seen) = recording(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n").await;
+    let rules = parse_rules_toml(
+        r#"
+[[rule]]
+path = "/api"
+set_request_header = "X-Scoped: yes"
+
+[[rule]]
+path = "/api"
+set_response_header = "X-Scoped-Response: yes"
+"#,
+    )
+    .unwrap();
+    let ca_dir = TempDir::new("rw-fwd-ca");
+    let (ca, _) = LocalCa::load_or_create(&ca_dir.0).unwrap();
+    let interceptor = Arc::new(Interceptor::new(Arc::new(LeafMinter::new(ca))));
+    let proxy = TestProxy::start_with("ws://127.0.0.1:1", |c| {
+        c.mode = Mode::Forward(ForwardOptions {
+            interceptor,
+            no_intercept: vec![],
+        });
+        c.rules = rules;
+    })
+    .await;
+    // a forward proxy's request names a URL, not a path
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    send(
+        &mut c,
+        format!("GET http://{up}/api/x HTTP/1.1\r\nHost: {up}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    let resp = String::from_utf8(read_all(&mut c).await).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 204"), "{resp}");
+    assert!(resp.contains("X-Scoped-Response: yes\r\n"), "{resp}");
+    let head = seen.lock().unwrap()[0].clone();
+    assert!(head.starts_with("GET /api/x HTTP/1.1\r\n"), "{head}");
+    assert!(head.contains("X-Scoped: yes\r\n"), "{head}");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! forwards bytes as they came. Heads keep wire order, case and duplicates;
 //! bodies are never held: framing only says where a message ends.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use super::event::{RequestView, ResponseView};
@@ -112,6 +113,32 @@ impl Headers for RequestHead {
     fn headers(&self) -> &[Header] {
         &self.headers
     }
+}
+
+/// An absolute-form request target (`scheme://authority/path?query`, RFC
+/// 9112 §3.2.2), as a proxy receives it, split into its scheme, authority
+/// and origin-form (`/path?query`; `/` when only the authority is given);
+/// `None` for any other form.
+pub fn split_absolute_form(target: &str) -> Option<(&str, &str, Cow<'_, str>)> {
+    let (scheme, rest) = target.split_once("://")?;
+    // a scheme as RFC 3986 §3.1 spells it, which also keeps an origin-form
+    // target with `://` in its query (`/go?to=http://x`) from passing for one
+    let mut chars = scheme.chars();
+    if !chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    {
+        return None;
+    }
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let path = if path.starts_with('?') {
+        Cow::Owned(format!("/{path}"))
+    } else {
+        Cow::Borrowed(path)
+    };
+    Some((scheme, authority, path))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

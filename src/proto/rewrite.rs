@@ -3,9 +3,11 @@
 //! Values can refer to the incoming request the way nginx's `$http_upgrade`
 //! and `$host` do. Pure: rules in, heads out, plus a list of what changed.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 
-use super::http::{Header, Headers, RequestHead, ResponseHead, Version};
+use super::http::{split_absolute_form, Header, Headers, RequestHead, ResponseHead, Version};
 
 /// One piece of a value template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,7 +215,8 @@ impl Op {
 /// Where a rule applies; empty matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scope {
-    /// Request path prefix (`/ws` matches `/ws` and `/ws/chat`, not `/wsx`... unless it ends the prefix).
+    /// Request path prefix, a plain string prefix of the path without its
+    /// query (`/ws` matches `/ws`, `/ws/chat` and also `/wsx`).
     pub path: Option<String>,
     /// Host name from the `Host` header, without port unless the rule has one.
     pub host: Option<String>,
@@ -222,7 +225,13 @@ pub struct Scope {
 impl Scope {
     fn matches(&self, req: &RequestHead) -> bool {
         if let Some(prefix) = &self.path {
-            let path = req.target.split('?').next().unwrap_or("");
+            // a forward proxy gets absolute-form targets (`http://h/api/x`):
+            // the prefix is about the path in them, as in reverse mode
+            let target = match split_absolute_form(&req.target) {
+                Some((_, _, origin)) => origin,
+                None => Cow::Borrowed(req.target.as_str()),
+            };
+            let path = target.split('?').next().unwrap_or("");
             if !path.starts_with(prefix.as_str()) {
                 return false;
             }
@@ -565,6 +574,33 @@ mod tests {
         assert_eq!(scoped(None, Some("app.example:8080")), 1);
         assert_eq!(scoped(None, Some("other.example")), 0);
         assert_eq!(scoped(Some("/ws"), Some("other.example")), 0);
+    }
+
+    #[test]
+    fn path_scopes_match_the_path_of_an_absolute_form_target() {
+        let api = Scope {
+            path: Some("/api".into()),
+            host: None,
+        };
+        let root = Scope {
+            path: Some("/".into()),
+            host: None,
+        };
+        let at = |target: &str| req(&format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n"));
+        // forward mode: the path of the URL, without its query
+        assert!(api.matches(&at("http://h:8080/api/x?q=1")));
+        assert!(api.matches(&at("WS://h/api")));
+        assert!(!api.matches(&at("http://h/other?next=/api")));
+        assert!(!api.matches(&at("http://api.example/x")));
+        // a plain string prefix, as for origin-form targets
+        assert!(api.matches(&at("http://h/apix")));
+        assert!(api.matches(&at("/apix")));
+        // the authority alone or with a query is the path `/`
+        assert!(root.matches(&at("http://h")) && !api.matches(&at("http://h")));
+        assert!(root.matches(&at("http://h?api")) && !api.matches(&at("http://h?api")));
+        // origin-form as it is, even with a URL in its query
+        assert!(api.matches(&at("/api/x?to=http://h/other")));
+        assert!(!api.matches(&at("/other?to=http://h/api")));
     }
 
     #[test]

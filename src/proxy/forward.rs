@@ -12,29 +12,20 @@ use super::io::{BoxIo, Prefixed};
 use super::upstream::{split_host_port, Scheme, UpstreamUrl};
 use super::{Mode, Shared};
 use crate::proto::event::{EventKind, Handshake, HttpExchange, ResponseView};
-use crate::proto::http::RequestHead;
+use crate::proto::http::{split_absolute_form, RequestHead};
 
 const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
 
 /// `http://host:port/path?q` (or ws://) as an upstream and an origin-form
 /// target; `None` for anything else.
 pub fn absolute_form(target: &str) -> Option<(UpstreamUrl, String)> {
-    let (scheme, rest) = target.split_once("://")?;
+    let (scheme, authority, path) = split_absolute_form(target)?;
     let scheme = match scheme.to_ascii_lowercase().as_str() {
         "http" => Scheme::Http,
         "ws" => Scheme::Ws,
         "https" => Scheme::Https,
         "wss" => Scheme::Wss,
         _ => return None,
-    };
-    let (authority, path) = match rest.find(['/', '?']) {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let path = if path.starts_with('?') {
-        format!("/{path}")
-    } else {
-        path.to_string()
     };
     let (host, port) = split_host_port(authority)?;
     if host.is_empty() {
@@ -52,7 +43,7 @@ pub fn absolute_form(target: &str) -> Option<(UpstreamUrl, String)> {
             port: port.unwrap_or(default),
             path: String::new(),
         },
-        path,
+        path.into_owned(),
     ))
 }
 

@@ -336,3 +336,25 @@ async fn a_client_still_sending_a_body_reads_the_400_for_an_unframeable_request(
     assert_eq!(error_messages(&evs).len(), 1, "{}", dump(&evs));
     assert_eq!(closes(&evs)[0].reason, "bad-request");
 }
+
+#[tokio::test]
+async fn a_broken_chunk_size_in_a_request_body_gets_a_400() {
+    // the client is there to be told, and the fault is its own framing
+    let up = scripted_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    })
+    .await;
+    let proxy = TestProxy::start(&format!("http://{up}")).await;
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    send(
+        &mut c,
+        b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let resp = read_all(&mut c).await;
+    let text = String::from_utf8_lossy(&resp);
+    assert_eq!(status_of(&resp), Some(400), "{text}");
+    let evs = proxy.wait_closes(1).await;
+    assert_eq!(closes(&evs)[0].reason, "bad-request", "{}", dump(&evs));
+}

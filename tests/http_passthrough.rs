@@ -373,3 +373,207 @@ async fn a_reused_connection_that_times_out_is_not_tried_again() {
     assert!(resp.starts_with("HTTP/1.1 504"), "{resp}");
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
+
+/// An upstream that answers each request with `ok` and, when a keep-alive
+/// connection stays idle for 100 ms (Node's keep-alive timeout, shortened),
+/// writes `on_idle` and closes it.
+async fn upstream_with_idle_close(on_idle: &'static [u8]) -> std::net::SocketAddr {
+    scripted_upstream(move |mut s| async move {
+        loop {
+            let head = read_head(&mut s).await;
+            if head.is_empty() {
+                return;
+            }
+            let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            if let Some(n) = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+            {
+                read_n(&mut s, n).await;
+            }
+            send(&mut s, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+            let mut b = [0u8; 1];
+            let idle = std::time::Duration::from_millis(100);
+            if tokio::time::timeout(idle, s.peek(&mut b)).await.is_err() {
+                let _ = s.write_all(on_idle).await;
+                return;
+            }
+        }
+    })
+    .await
+}
+
+/// Sends a first request, waits past the upstream's keep-alive timeout,
+/// then sends `second`; returns the second answer.
+async fn after_the_upstream_idled(proxy: std::net::SocketAddr, second: &[u8]) -> String {
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    send(&mut c, b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(read_response(&mut c).await.1, b"ok");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    send(&mut c, second).await;
+    let (head, body) = read_response(&mut c).await;
+    format!("{head}{}", String::from_utf8_lossy(&body))
+}
+
+#[tokio::test]
+async fn a_post_after_the_upstream_closed_the_idle_connection_goes_on_a_new_one() {
+    // its FIN came long before the request: not a race, and no 502
+    let up = upstream_with_idle_close(b"").await;
+    let proxy = TestProxy::start(&format!("http://{up}")).await;
+    let second = b"POST /second HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
+    let resp = after_the_upstream_idled(proxy.addr, second).await;
+    assert!(
+        resp.starts_with("HTTP/1.1 200") && resp.ends_with("ok"),
+        "{resp}"
+    );
+}
+
+#[tokio::test]
+async fn what_an_upstream_says_unasked_on_an_idle_connection_is_no_ones_answer() {
+    // a 408 before closing an idle connection answers no request
+    let up = upstream_with_idle_close(
+        b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let proxy = TestProxy::start(&format!("http://{up}")).await;
+    let resp =
+        after_the_upstream_idled(proxy.addr, b"GET /second HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(
+        resp.starts_with("HTTP/1.1 200") && resp.ends_with("ok"),
+        "{resp}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_after_an_answer_does_not_cut_it_when_a_pipelined_request_is_unread() {
+    // closing a socket with unread input resets the connection, which
+    // drops the end of the answer still queued for a slow reader
+    const N: usize = 8 << 20;
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {N}\r\nConnection: close\r\n\r\n");
+    let answer = head.clone();
+    let up = scripted_upstream(move |mut s| {
+        let head = answer.clone();
+        async move {
+            read_head(&mut s).await;
+            send(&mut s, head.as_bytes()).await;
+            send(&mut s, &vec![b'x'; N]).await;
+        }
+    })
+    .await;
+    let proxy = TestProxy::start(&format!("http://{up}")).await;
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    send(&mut c, b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    send(&mut c, b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut got = 0;
+    let mut buf = vec![0u8; 16 * 1024];
+    let err = loop {
+        match within("the answer", c.read(&mut buf)).await {
+            Ok(0) => break None,
+            Ok(n) => got += n,
+            Err(e) => break Some(e),
+        }
+        // a slow reader: the answer's end is still queued when wstap closes
+        tokio::time::sleep(std::time::Duration::from_micros(500)).await;
+    };
+    let total = head.len() + N;
+    assert!(
+        err.is_none() && got == total,
+        "got {got} of {total} bytes, then {err:?}"
+    );
+}
+
+/// An upstream that reads a request head, then waits for the client's end
+/// of stream before it answers `heard the end` and closes.
+async fn upstream_answering_at_eof() -> std::net::SocketAddr {
+    scripted_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        read_all(&mut s).await;
+        send(
+            &mut s,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\nConnection: close\r\n\r\nheard the end",
+        )
+        .await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_client_half_close_while_it_awaits_the_answer_reaches_the_upstream() {
+    // `nc -N`: the request, then the end of the client's side; the upstream
+    // sees that end as it would without wstap, and answers
+    let up = upstream_answering_at_eof().await;
+    let proxy = TestProxy::start(&format!("http://{up}")).await;
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    send(&mut c, b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    within("shutdown", c.shutdown()).await.unwrap();
+    let resp = String::from_utf8(read_all(&mut c).await).unwrap();
+    assert!(resp.ends_with("\r\n\r\nheard the end"), "{resp}");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_while_the_upstream_thinks_is_let_go() {
+    // the upstream learns of it (the end of stream) and closes without an
+    // answer; the connection ends as the client's doing, no 502, no finding
+    let up = scripted_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        read_all(&mut s).await;
+    })
+    .await;
+    let proxy = TestProxy::start(&format!("http://{up}")).await;
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    send(&mut c, b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    drop(c);
+    let evs = proxy.wait_closes(1).await;
+    let close = &closes(&evs)[0];
+    assert_eq!(close.reason, "client-closed", "{}", dump(&evs));
+    assert!(close.detail.contains("before the answer"), "{}", dump(&evs));
+    assert!(finding_codes(&evs).is_empty(), "{}", dump(&evs));
+}
+
+#[tokio::test]
+async fn a_request_pipelined_while_the_answer_is_awaited_keeps_its_turn() {
+    // watching for the client's end must not lose what it sends meanwhile
+    let up = upstream_with_idle_close(b"").await;
+    let proxy = TestProxy::start(&format!("http://{up}")).await;
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    send(
+        &mut c,
+        b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    assert_eq!(read_response(&mut c).await.1, b"ok");
+    assert_eq!(read_response(&mut c).await.1, b"ok");
+}
+
+#[tokio::test]
+async fn an_http10_client_gets_no_interim_answer() {
+    // RFC 9110 §15.2: it would take `100 Continue` for the answer
+    let up = scripted_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        send(&mut s, b"HTTP/1.1 100 Continue\r\n\r\n").await;
+        read_n(&mut s, 5).await;
+        send(
+            &mut s,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+        )
+        .await;
+    })
+    .await;
+    let proxy = TestProxy::start(&format!("http://{up}")).await;
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    send(
+        &mut c,
+        b"POST /up HTTP/1.0\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    let resp = String::from_utf8(read_all(&mut c).await).unwrap();
+    assert!(
+        resp.starts_with("HTTP/1.1 200") && resp.ends_with("ok"),
+        "{resp}"
+    );
+}

@@ -12,7 +12,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 use super::body::{copy_body, BodyError, Capture};
-use super::io::{answer_and_linger, linger_close, write_flush, BoxIo, Inbound, ReadHeadError};
+use super::io::{
+    answer_and_linger, linger_close, write_flush, BoxIo, Inbound, ReadHeadError, READ_CAPACITY,
+};
 use super::relay::{self, RelayOptions, Sides};
 use super::splice::relay_side;
 use super::upstream::{authority, Connected, Endpoint, UpstreamUrl};
@@ -27,7 +29,7 @@ use crate::proto::failure::{verification_disabled, ClientTlsFailure, UpstreamFai
 use crate::proto::handshake::{self, Negotiated};
 use crate::proto::http::{
     parse_request_head, parse_response_head, request_body, response_body, BodyKind, Header,
-    RequestHead, ResponseHead,
+    RequestHead, ResponseHead, Version,
 };
 use crate::proto::preview;
 use crate::proto::rewrite::Context;
@@ -48,6 +50,22 @@ struct UpstreamConn {
     /// Served an earlier request: a failure may be a stale keep-alive.
     reused: bool,
 }
+
+impl UpstreamConn {
+    /// Whether a kept-alive connection can carry the next request. An
+    /// upstream that closed it while idle (its keep-alive timeout, 5 s in
+    /// Node) has sent its FIN already: a request sent there fails, and one
+    /// that may not go twice (a POST) would get a 502. Bytes it sent unasked
+    /// (a 408 before closing) would be taken for the next request's answer.
+    /// Both show without waiting, in a read that finds the socket not ready.
+    fn idle_and_open(&mut self) -> bool {
+        use futures_util::FutureExt;
+        self.rd.buffered().is_empty() && self.rd.fill().now_or_never().is_none()
+    }
+}
+
+/// The close reason of a connection the end of the grace period cut.
+const SHUTDOWN: &str = "shutdown";
 
 /// How a connection ended, for its `close` event.
 pub(super) struct End {
@@ -298,7 +316,7 @@ impl Conn {
                     .client_rd
                     .read_head_within(parse_request_head, self.shared.cfg.header_timeout) => h,
                 _ = stop.wait_for(|s| *s) => break End::new(
-                    "shutdown",
+                    SHUTDOWN,
                     "wstap shut down while waiting for the client's next request",
                 ),
             };
@@ -326,7 +344,7 @@ impl Conn {
             let step = tokio::select! {
                 step = self.exchange(req, raw) => step,
                 _ = stop.wait_for(|s| *s) => break End::new(
-                    "shutdown",
+                    SHUTDOWN,
                     "wstap shut down in the middle of an HTTP exchange (the grace period ended)",
                 ),
             };
@@ -343,7 +361,7 @@ impl Conn {
                     break tokio::select! {
                         end = forward::tunnel(&mut self, req) => end,
                         _ = stop.wait_for(|s| *s) => End::new(
-                            "shutdown",
+                            SHUTDOWN,
                             "wstap shut down while the CONNECT tunnel was open (the grace period ended)",
                         ),
                     };
@@ -357,7 +375,15 @@ impl Conn {
     /// client's side and sends the `close` event, which every connection
     /// gets exactly once.
     pub(super) async fn finish(mut self, end: End) {
-        let _ = self.client_wr.shutdown().await;
+        if end.reason == SHUTDOWN {
+            // the grace period is over: no lingering
+            let _ = self.client_wr.shutdown().await;
+        } else {
+            // the client may have sent more (a pipelined request) that
+            // nobody will read: closing on it would reset the connection and
+            // take with it the end of the response still on its way
+            linger_close(&mut self.client_rd, &mut self.client_wr).await;
+        }
         let ended = SystemTime::now();
         let up_total = self.upstream_bytes + self.upstream.as_ref().map_or(0, |u| u.rd.total);
         self.emit(EventKind::Close(CloseSummary {
@@ -398,11 +424,17 @@ impl Conn {
         url: &UpstreamUrl,
     ) -> Result<(), UpstreamFailure> {
         let ep = Endpoint::from(url);
-        if self.upstream.is_some() {
+        if let Some(up) = self.upstream.as_mut() {
             if self.current.as_ref().map(Endpoint::from).as_ref() == Some(&ep) {
-                return Ok(());
+                if up.idle_and_open() {
+                    return Ok(());
+                }
+                tracing::debug!(
+                    "the idle upstream connection closed or spoke unasked; opening a new one"
+                );
             }
-            // a forward proxy's client moved on to another host
+            // a forward proxy's client moved on to another host, or the
+            // kept-alive connection cannot carry another request
             self.drop_upstream();
         }
         self.current = Some(url.clone());
@@ -555,6 +587,7 @@ impl Conn {
             head: resp,
             raw: resp_raw,
             body_cut,
+            half_closed,
         } = loop {
             tries -= 1;
             if let Err(f) = self.send_head(&up_raw, &url).await {
@@ -564,7 +597,10 @@ impl Conn {
             }
             hs.upstream_request = Some(up_req.view());
             let timeout = attempt.then_some(self.shared.cfg.handshake_timeout);
-            match self.forward_body_and_read_response(framing, timeout).await {
+            match self
+                .forward_body_and_read_response(framing, req.version, timeout)
+                .await
+            {
                 Ok(r) => break r,
                 Err(ExchangeError::Client(e)) => {
                     self.drop_upstream();
@@ -573,12 +609,26 @@ impl Conn {
                         message: message.clone(),
                     }))
                     .await;
-                    if let BodyError::Stalled { .. } = e {
-                        let (_, bytes) = own_response(408, &format!("wstap: {message}\n"));
+                    // the client is still there to be told: it stalled, or
+                    // its chunked framing is broken
+                    let status = match e {
+                        BodyError::Stalled { .. } => Some(408),
+                        BodyError::Framing(_) => Some(400),
+                        _ => None,
+                    };
+                    if let Some(status) = status {
+                        let (_, bytes) = own_response(status, &format!("wstap: {message}\n"));
                         self.answer_and_close(&bytes).await;
                         return Step::Done(End::new("bad-request", message));
                     }
                     return Step::Done(End::new("client-closed", message));
+                }
+                Err(ExchangeError::HalfClosed) => {
+                    self.drop_upstream();
+                    return Step::Done(End::new(
+                        "client-closed",
+                        "the client ended its side before the answer came; the upstream, told so, closed without one",
+                    ));
                 }
                 Err(ExchangeError::Upstream(f, stale)) => {
                     self.drop_upstream();
@@ -710,7 +760,11 @@ impl Conn {
                 format!("the upstream stopped taking the request body: {e}"),
             ));
         }
-        if resp_framing == BodyKind::UntilClose || !resp.keep_alive() || !up_req.keep_alive() {
+        if resp_framing == BodyKind::UntilClose
+            || !resp.keep_alive()
+            || !up_req.keep_alive()
+            || half_closed
+        {
             self.drop_upstream();
         }
         if resp_framing == BodyKind::UntilClose || !client_resp.keep_alive() {
@@ -734,6 +788,7 @@ impl Conn {
     async fn forward_body_and_read_response(
         &mut self,
         framing: BodyKind,
+        version: Version,
         timeout: Option<Duration>,
     ) -> Result<Answer, ExchangeError> {
         let Some(up) = self.upstream.as_mut() else {
@@ -752,13 +807,24 @@ impl Conn {
         let reused = up.reused;
         let addr = up.addr.to_string();
         let read_before = up.rd.total;
+        // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client
+        let interim = version == Version::Http11;
         // a client that stops sending its body is cut like one that stops
         // sending its head (an upload that keeps moving is not)
         let stall = Some(self.shared.cfg.header_timeout);
+        let mut half_closed = false;
         let (body, head) = {
-            let body = copy_body(&mut self.client_rd, &mut up.wr, framing, None, stall);
-            let head = read_final_head(&mut up.rd, &mut self.client_wr, timeout, &addr);
-            tokio::pin!(body, head);
+            // boxed, to be dropped once done: the client's input is then
+            // watched while the answer is awaited
+            let mut body = Box::pin(copy_body(
+                &mut self.client_rd,
+                &mut up.wr,
+                framing,
+                None,
+                stall,
+            ));
+            let head = read_final_head(&mut up.rd, &mut self.client_wr, timeout, &addr, interim);
+            tokio::pin!(head);
             tokio::select! {
                 h = &mut head => match h {
                     // no answer (a timeout, say): the client gets that now,
@@ -773,11 +839,30 @@ impl Conn {
                     Err(e) if !matches!(e, BodyError::Write(_)) => {
                         return Err(ExchangeError::Client(e))
                     }
-                    b => (b, head.await),
+                    b => {
+                        drop(body);
+                        let h = tokio::select! {
+                            h = &mut head => h,
+                            left = client_leaves(&mut self.client_rd) => match left {
+                                Some(e) => return Err(ExchangeError::Client(BodyError::Read(e))),
+                                None => {
+                                    // a half-close, as the client made it:
+                                    // the upstream sees it and decides
+                                    let _ = up.wr.shutdown().await;
+                                    half_closed = true;
+                                    head.await
+                                }
+                            },
+                        };
+                        (b, h)
+                    }
                 },
             }
         };
         let (head, raw) = head.map_err(|f| {
+            if half_closed && matches!(f, UpstreamFailure::Dropped { .. }) {
+                return ExchangeError::HalfClosed;
+            }
             let silent = up.rd.total == read_before && up.rd.buffered().is_empty();
             let stale = reused && silent && matches!(f, UpstreamFailure::Dropped { .. });
             ExchangeError::Upstream(f, stale)
@@ -787,6 +872,7 @@ impl Conn {
                 head,
                 raw,
                 body_cut: None,
+                half_closed,
             }),
             // the upstream answered without taking the whole body (an
             // early 413, say): relay the answer, then end
@@ -794,6 +880,7 @@ impl Conn {
                 head,
                 raw,
                 body_cut: Some(e),
+                half_closed,
             }),
             Err(e) => Err(ExchangeError::Client(e)),
         }
@@ -951,6 +1038,9 @@ struct Answer {
     raw: Vec<u8>,
     /// Writing the request body upstream failed part way.
     body_cut: Option<BodyError>,
+    /// The client ended its side while the answer was awaited, and the
+    /// upstream's side was shut down the same way.
+    half_closed: bool,
 }
 
 enum ExchangeError {
@@ -960,6 +1050,9 @@ enum ExchangeError {
     /// byte of answer. A timeout is not: the upstream may be working on
     /// the request.
     Upstream(UpstreamFailure, bool),
+    /// The client ended its side before the answer, and the upstream,
+    /// told so, closed without one: as it would have done to the client.
+    HalfClosed,
 }
 
 /// An open WebSocket's entry in the registry of control handles
@@ -1014,13 +1107,31 @@ impl Drop for Registered {
     }
 }
 
+/// Waits, while the answer is awaited, for the client's end of stream
+/// (`None`) or a failed read (it reset the connection). What it sends
+/// meanwhile (a pipelined request) stays buffered for its turn; past a
+/// full buffer it is no longer watched.
+async fn client_leaves<R: AsyncRead + Unpin>(rd: &mut Inbound<R>) -> Option<std::io::Error> {
+    loop {
+        if rd.buffered().len() >= READ_CAPACITY {
+            return std::future::pending().await;
+        }
+        match rd.fill().await {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(e) => return Some(e),
+        }
+    }
+}
+
 /// Reads response heads until a final one, passing 1xx interim responses
-/// (other than 101) straight to the client.
+/// (other than 101) straight to the client, if `interim`.
 async fn read_final_head<R, W>(
     rd: &mut Inbound<R>,
     client: &mut W,
     timeout: Option<Duration>,
     addr: &str,
+    interim: bool,
 ) -> Result<(ResponseHead, Vec<u8>), UpstreamFailure>
 where
     R: AsyncRead + Unpin,
@@ -1059,7 +1170,9 @@ where
             }
         };
         if (100..200).contains(&h.status) && h.status != 101 {
-            let _ = write_flush(client, &raw).await;
+            if interim {
+                let _ = write_flush(client, &raw).await;
+            }
             continue;
         }
         return Ok((h, raw));

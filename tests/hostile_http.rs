@@ -270,8 +270,14 @@ async fn an_idle_connection_that_never_sends_gets_408() {
 /// upstream connection until shutdown).
 #[tokio::test]
 async fn a_stalled_request_body_gets_408() {
-    let echo = echo_server(EchoOptions::default()).await;
-    let proxy = TestProxy::start_with(&format!("http://{echo}"), |c| {
+    // an upstream that reads the whole body before it answers (one that
+    // answers first has its answer relayed as it comes)
+    let up = scripted_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        read_n(&mut s, 100).await;
+    })
+    .await;
+    let proxy = TestProxy::start_with(&format!("http://{up}"), |c| {
         c.header_timeout = Duration::from_millis(300);
     })
     .await;

@@ -577,3 +577,53 @@ async fn an_http10_client_gets_no_interim_answer() {
         "{resp}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_answers_as_it_reads_a_large_upload_gets_it_all() {
+    // a full-duplex stream: the upstream echoes the body as it reads it;
+    // holding its answer until the whole body is sent would leave every
+    // side waiting on a full socket for ever
+    const N: usize = 32 << 20;
+    let up = scripted_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {N}\r\nConnection: close\r\n\r\n");
+        send(&mut s, head.as_bytes()).await;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut left = N;
+        while left > 0 {
+            let n = match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if s.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+            left -= n;
+        }
+    })
+    .await;
+    let proxy = TestProxy::start(&format!("http://{up}")).await;
+    let (mut rd, mut wr) = TcpStream::connect(proxy.addr).await.unwrap().into_split();
+    let writer = tokio::spawn(async move {
+        let head = format!("POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: {N}\r\n\r\n");
+        wr.write_all(head.as_bytes()).await.unwrap();
+        wr.write_all(&vec![b'u'; N]).await.unwrap();
+        wr
+    });
+    let mut got = Vec::new();
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(20), rd.read_to_end(&mut got)).await;
+    assert!(
+        read.is_ok(),
+        "stuck after {} bytes of the answer",
+        got.len()
+    );
+    let body_at = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(got.len() - body_at, N);
+    assert!(got[body_at..].iter().all(|&b| b == b'u'));
+    within("the upload", writer).await.unwrap();
+    let evs = proxy.wait_closes(1).await;
+    let exchanges = https(&evs);
+    assert_eq!(exchanges.len(), 1, "{}", dump(&evs));
+    assert_eq!(exchanges[0].response_bytes, N as u64);
+}

@@ -36,76 +36,141 @@ pub async fn copy_body<R, W>(
     src: &mut Inbound<R>,
     dst: &mut W,
     kind: BodyKind,
-    mut capture: Option<Capture<'_>>,
+    capture: Option<Capture<'_>>,
     idle: Option<Duration>,
 ) -> Result<u64, BodyError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut copied = 0u64;
-    let mut scanner = ChunkedScanner::new();
-    let mut remaining = match kind {
-        BodyKind::Empty => return Ok(0),
-        BodyKind::Length(n) => n,
-        _ => u64::MAX,
-    };
-    loop {
-        if src.buffered().is_empty() {
-            let n = match idle {
-                None => src.fill().await,
-                Some(after) => tokio::time::timeout(after, src.fill())
-                    .await
-                    .map_err(|_| BodyError::Stalled { after, got: copied })?,
-            }
-            .map_err(BodyError::Read)?;
-            if n == 0 {
-                return match kind {
-                    BodyKind::UntilClose => {
-                        dst.flush().await.map_err(BodyError::Write)?;
-                        Ok(copied)
+    BodyCopy::new(kind).run(src, dst, capture, idle).await
+}
+
+/// Where the copy of one body stands, kept outside the copying future so
+/// that a copy stopped at any await goes on later from where it was: a
+/// request body the upstream answered before it was all sent goes on
+/// beside the answer (a server may stream its answer as it reads).
+pub struct BodyCopy {
+    kind: BodyKind,
+    scanner: ChunkedScanner,
+    /// Of a `Length` body, the bytes not yet scanned.
+    remaining: u64,
+    copied: u64,
+    /// Bytes at the front of the source's buffer that were scanned as
+    /// body and not yet written.
+    pending: usize,
+    done: bool,
+}
+
+impl BodyCopy {
+    pub fn new(kind: BodyKind) -> Self {
+        BodyCopy {
+            kind,
+            scanner: ChunkedScanner::new(),
+            remaining: match kind {
+                BodyKind::Length(n) => n,
+                _ => u64::MAX,
+            },
+            copied: 0,
+            pending: 0,
+            done: kind == BodyKind::Empty,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Copies on until the body ends; returns the bytes copied in all.
+    /// Dropping the future at an await loses nothing: each write is one
+    /// `write` whose count is taken at once.
+    pub async fn run<R, W>(
+        &mut self,
+        src: &mut Inbound<R>,
+        dst: &mut W,
+        mut capture: Option<Capture<'_>>,
+        idle: Option<Duration>,
+    ) -> Result<u64, BodyError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        while !self.done {
+            if self.pending == 0 {
+                if src.buffered().is_empty() {
+                    let n = match idle {
+                        None => src.fill().await,
+                        Some(after) => {
+                            tokio::time::timeout(after, src.fill()).await.map_err(|_| {
+                                BodyError::Stalled {
+                                    after,
+                                    got: self.copied,
+                                }
+                            })?
+                        }
                     }
-                    BodyKind::Length(n) => Err(BodyError::Truncated {
-                        expected: n.to_string(),
-                        got: copied,
-                    }),
-                    _ => Err(BodyError::Truncated {
-                        expected: "a final zero-length chunk".into(),
-                        got: copied,
-                    }),
+                    .map_err(BodyError::Read)?;
+                    if n == 0 {
+                        return self.at_end(dst).await;
+                    }
+                }
+                let data = src.buffered();
+                let take = match self.kind {
+                    BodyKind::Chunked => self.scanner.scan(data)?,
+                    BodyKind::Length(_) => (self.remaining.min(data.len() as u64)) as usize,
+                    _ => data.len(),
+                };
+                if let Some(c) = capture.as_mut() {
+                    let room = c.limit.saturating_sub(c.buf.len());
+                    c.buf.extend_from_slice(&data[..take.min(room)]);
+                }
+                if let BodyKind::Length(_) = self.kind {
+                    self.remaining -= take as u64;
+                }
+                self.pending = take;
+            }
+            let n = dst
+                .write(&src.buffered()[..self.pending])
+                .await
+                .map_err(BodyError::Write)?;
+            if n == 0 {
+                return Err(BodyError::Write(io::ErrorKind::WriteZero.into()));
+            }
+            src.consume(n);
+            self.pending -= n;
+            self.copied += n as u64;
+            if self.pending == 0 {
+                // Each read goes on at once: a streamed body (server-sent
+                // events, a chunked progress report) must reach the peer as
+                // it comes, not wait in a TLS writer until the message
+                // ends. On TCP a no-op.
+                dst.flush().await.map_err(BodyError::Write)?;
+                self.done = match self.kind {
+                    BodyKind::Chunked => self.scanner.is_done(),
+                    BodyKind::Length(_) => self.remaining == 0,
+                    _ => false,
                 };
             }
         }
-        let data = src.buffered();
-        let take = match kind {
-            BodyKind::Chunked => scanner.scan(data)?,
-            BodyKind::Length(_) => (remaining.min(data.len() as u64)) as usize,
-            _ => data.len(),
-        };
-        if let Some(c) = capture.as_mut() {
-            let room = c.limit.saturating_sub(c.buf.len());
-            c.buf.extend_from_slice(&data[..take.min(room)]);
-        }
-        dst.write_all(&data[..take])
-            .await
-            .map_err(BodyError::Write)?;
-        // Each read goes on at once: a streamed body (server-sent events, a
-        // chunked progress report) must reach the peer as it comes, not
-        // wait in a TLS writer until the message ends. On TCP a no-op.
-        dst.flush().await.map_err(BodyError::Write)?;
-        src.consume(take);
-        copied += take as u64;
-        let done = match kind {
-            BodyKind::Chunked => scanner.is_done(),
-            BodyKind::Length(_) => {
-                remaining -= take as u64;
-                remaining == 0
+        Ok(self.copied)
+    }
+
+    /// The source ended: the end of an until-close body, early for others.
+    async fn at_end<W: AsyncWrite + Unpin>(&mut self, dst: &mut W) -> Result<u64, BodyError> {
+        match self.kind {
+            BodyKind::UntilClose => {
+                dst.flush().await.map_err(BodyError::Write)?;
+                self.done = true;
+                Ok(self.copied)
             }
-            _ => false,
-        };
-        if done {
-            dst.flush().await.map_err(BodyError::Write)?;
-            return Ok(copied);
+            BodyKind::Length(n) => Err(BodyError::Truncated {
+                expected: n.to_string(),
+                got: self.copied,
+            }),
+            _ => Err(BodyError::Truncated {
+                expected: "a final zero-length chunk".into(),
+                got: self.copied,
+            }),
         }
     }
 }
@@ -162,6 +227,69 @@ mod tests {
         let (_, (r, got)) = tokio::join!(copy, read);
         assert!(r.is_ok(), "the first chunk did not reach the peer");
         assert_eq!(&got, b"5\r\nfirst\r\n");
+    }
+
+    /// Takes at most 3 bytes a write, and every other poll none (Pending).
+    struct Trickle {
+        got: Vec<u8>,
+        polls: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            self.polls += 1;
+            if self.polls % 2 == 1 {
+                cx.waker().wake_by_ref();
+                return std::task::Poll::Pending;
+            }
+            let n = buf.len().min(3);
+            self.got.extend_from_slice(&buf[..n]);
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_copy_dropped_at_any_await_goes_on_where_it_stopped() {
+        use futures_util::FutureExt;
+        let body = b"5\r\nfirst\r\nb\r\nsecond part\r\n0\r\n\r\n";
+        let mut input = body.to_vec();
+        input.extend_from_slice(b"NEXT");
+        for kind in [BodyKind::Chunked, BodyKind::Length(body.len() as u64)] {
+            let mut src = Inbound::new(&input[..]);
+            let mut dst = Trickle {
+                got: Vec::new(),
+                polls: 0,
+            };
+            let mut copy = BodyCopy::new(kind);
+            // polled once, then dropped, again and again
+            let r = loop {
+                if let Some(r) = copy.run(&mut src, &mut dst, None, None).now_or_never() {
+                    break r;
+                }
+            };
+            assert_eq!(r.unwrap(), body.len() as u64);
+            assert!(copy.is_done());
+            assert_eq!(dst.got, body);
+            assert_eq!(src.buffered(), b"NEXT");
+        }
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
-use super::body::{copy_body, BodyError, Capture};
+use super::body::{copy_body, BodyCopy, BodyError, Capture};
 use super::io::{
     answer_and_linger, linger_close, write_flush, BoxIo, Inbound, ReadHeadError, READ_CAPACITY,
 };
@@ -586,8 +586,9 @@ impl Conn {
         let Answer {
             head: resp,
             raw: resp_raw,
-            body_cut,
+            mut body_cut,
             half_closed,
+            mut rest,
         } = loop {
             tries -= 1;
             if let Err(f) = self.send_head(&up_raw, &url).await {
@@ -602,27 +603,7 @@ impl Conn {
                 .await
             {
                 Ok(r) => break r,
-                Err(ExchangeError::Client(e)) => {
-                    self.drop_upstream();
-                    let message = format!("the client's request body failed: {e}");
-                    self.emit(EventKind::Error(ErrorEvent {
-                        message: message.clone(),
-                    }))
-                    .await;
-                    // the client is still there to be told: it stalled, or
-                    // its chunked framing is broken
-                    let status = match e {
-                        BodyError::Stalled { .. } => Some(408),
-                        BodyError::Framing(_) => Some(400),
-                        _ => None,
-                    };
-                    if let Some(status) = status {
-                        let (_, bytes) = own_response(status, &format!("wstap: {message}\n"));
-                        self.answer_and_close(&bytes).await;
-                        return Step::Done(End::new("bad-request", message));
-                    }
-                    return Step::Done(End::new("client-closed", message));
-                }
+                Err(ExchangeError::Client(e)) => return self.client_body_failed(e, false).await,
                 Err(ExchangeError::HalfClosed) => {
                     self.drop_upstream();
                     return Step::Done(End::new(
@@ -640,6 +621,15 @@ impl Conn {
                 }
             }
         };
+        // a new protocol starts after the request: its body first
+        if let (101, Some(copy), Some(up)) = (resp.status, rest.as_mut(), self.upstream.as_mut()) {
+            let stall = Some(self.shared.cfg.header_timeout);
+            match copy.run(&mut self.client_rd, &mut up.wr, None, stall).await {
+                Ok(_) => rest = None,
+                Err(e @ BodyError::Write(_)) => body_cut = Some(e),
+                Err(e) => return self.client_body_failed(e, false).await,
+            }
+        }
         if let Some(e) = &body_cut {
             self.emit(EventKind::Error(ErrorEvent {
                 message: format!(
@@ -698,7 +688,8 @@ impl Conn {
             }
         };
         let mut captured = Vec::new();
-        let body = {
+        let stall = Some(self.shared.cfg.header_timeout);
+        let (body, request) = {
             let Some(up) = self.upstream.as_mut() else {
                 return Step::Done(End::new("error", "upstream connection lost"));
             };
@@ -706,7 +697,14 @@ impl Conn {
                 buf: &mut captured,
                 limit: BODY_PREVIEW,
             });
-            copy_body(&mut up.rd, &mut self.client_wr, resp_framing, capture, None).await
+            let answer = copy_body(&mut up.rd, &mut self.client_wr, resp_framing, capture, None);
+            match rest.as_mut() {
+                None => (answer.await, Ok(0)),
+                Some(copy) => {
+                    let request = copy.run(&mut self.client_rd, &mut up.wr, None, stall);
+                    tokio::join!(answer, request)
+                }
+            }
         };
         if attempt {
             hs.duration_ms = Some(millis(started.elapsed()));
@@ -748,6 +746,19 @@ impl Conn {
             }
             Ok(_) => {}
         }
+        match request {
+            Ok(_) => {}
+            Err(e @ BodyError::Write(_)) => {
+                self.emit(EventKind::Error(ErrorEvent {
+                    message: format!(
+                        "the upstream stopped taking the request body ({e}) after it answered; the connection ends"
+                    ),
+                }))
+                .await;
+                body_cut = Some(e);
+            }
+            Err(e) => return self.client_body_failed(e, true).await,
+        }
         if let Some(e) = body_cut {
             // The upstream connection took only part of the body: it cannot
             // carry another request. The rest of the body is still on its
@@ -783,8 +794,37 @@ impl Conn {
         Step::Next
     }
 
+    /// Ends an exchange whose request body failed on the client's side.
+    /// Unless the upstream's answer has gone out already, the client is
+    /// told when it is there to hear it (it stalled, or its chunked framing
+    /// is broken).
+    async fn client_body_failed(&mut self, e: BodyError, answered: bool) -> Step {
+        self.drop_upstream();
+        let message = format!("the client's request body failed: {e}");
+        self.emit(EventKind::Error(ErrorEvent {
+            message: message.clone(),
+        }))
+        .await;
+        let status = match e {
+            BodyError::Stalled { .. } => Some(408),
+            BodyError::Framing(_) => Some(400),
+            _ => None,
+        };
+        match status {
+            Some(status) if !answered => {
+                let (_, bytes) = own_response(status, &format!("wstap: {message}\n"));
+                self.answer_and_close(&bytes).await;
+                Step::Done(End::new("bad-request", message))
+            }
+            Some(_) => Step::Done(End::new("bad-request", message)),
+            None => Step::Done(End::new("client-closed", message)),
+        }
+    }
+
     /// Sends the request body while reading the response head: a server may
-    /// answer (100 Continue, or early) before the body is complete.
+    /// answer (100 Continue, or early) before the body is complete. The
+    /// rest of a body the answer came before goes on beside the answer's
+    /// own body ([`Answer::rest`]).
     async fn forward_body_and_read_response(
         &mut self,
         framing: BodyKind,
@@ -813,16 +853,12 @@ impl Conn {
         // sending its head (an upload that keeps moving is not)
         let stall = Some(self.shared.cfg.header_timeout);
         let mut half_closed = false;
+        let mut copy = BodyCopy::new(framing);
         let (body, head) = {
             // boxed, to be dropped once done: the client's input is then
-            // watched while the answer is awaited
-            let mut body = Box::pin(copy_body(
-                &mut self.client_rd,
-                &mut up.wr,
-                framing,
-                None,
-                stall,
-            ));
+            // watched while the answer is awaited, or the copy goes on
+            // beside the answer
+            let mut body = Box::pin(copy.run(&mut self.client_rd, &mut up.wr, None, stall));
             let head = read_final_head(&mut up.rd, &mut self.client_wr, timeout, &addr, interim);
             tokio::pin!(head);
             tokio::select! {
@@ -830,7 +866,7 @@ impl Conn {
                     // no answer (a timeout, say): the client gets that now,
                     // not after a body it may never finish
                     Err(f) => (Ok(0), Err(f)),
-                    Ok(h) => ((&mut body).await, Ok(h)),
+                    Ok(h) => (Ok(0), Ok(h)),
                 },
                 b = &mut body => match b {
                     // the client's side failed (stalled, ended early): the
@@ -867,12 +903,14 @@ impl Conn {
             let stale = reused && silent && matches!(f, UpstreamFailure::Dropped { .. });
             ExchangeError::Upstream(f, stale)
         })?;
+        let rest = (!copy.is_done()).then_some(copy);
         match body {
             Ok(_) => Ok(Answer {
                 head,
                 raw,
                 body_cut: None,
                 half_closed,
+                rest,
             }),
             // the upstream answered without taking the whole body (an
             // early 413, say): relay the answer, then end
@@ -881,6 +919,7 @@ impl Conn {
                 raw,
                 body_cut: Some(e),
                 half_closed,
+                rest: None,
             }),
             Err(e) => Err(ExchangeError::Client(e)),
         }
@@ -1041,6 +1080,11 @@ struct Answer {
     /// The client ended its side while the answer was awaited, and the
     /// upstream's side was shut down the same way.
     half_closed: bool,
+    /// The rest of a request body the answer came before: it goes on
+    /// beside the answer's body, since the upstream may read it as it
+    /// answers (a full-duplex stream: waiting for the one before relaying
+    /// the other would leave both sides waiting for ever).
+    rest: Option<BodyCopy>,
 }
 
 enum ExchangeError {

@@ -150,7 +150,15 @@ pub struct StreamTap {
     preview: Vec<u8>,
     control: Vec<u8>,
     utf8: Utf8Validator,
-    utf8_failed: bool,
+    /// The rest of the current message's UTF-8 is not checked: it was
+    /// found invalid already (and reported), or it is not judged at all
+    /// (see `unknown_extension`).
+    skip_utf8: bool,
+    /// An extension other than permessage-deflate was agreed. Its meaning
+    /// is unknown to the tap: it may define the RSV bits and may transform
+    /// payloads (x-webkit-deflate-frame compresses them, with or without
+    /// RSV1), so neither RSV bits nor text payloads can be judged.
+    unknown_extension: bool,
     inflater: Option<Inflater>,
     /// Set once inflation cannot continue for this direction.
     inflate_dead: Option<String>,
@@ -168,6 +176,7 @@ pub struct StreamTap {
 
 impl StreamTap {
     pub fn new(conn: ConnId, dir: Dir, cfg: TapConfig) -> Self {
+        let unknown_extension = cfg.negotiated.has_unknown_extension();
         let inflater = cfg.negotiated.deflate.map(|d| {
             Inflater::new(match dir {
                 Dir::ClientToServer => d.client_no_context_takeover,
@@ -184,7 +193,8 @@ impl StreamTap {
             preview: Vec::new(),
             control: Vec::new(),
             utf8: Utf8Validator::new(),
-            utf8_failed: false,
+            skip_utf8: false,
+            unknown_extension,
             inflater,
             inflate_dead: None,
             scratch: Vec::new(),
@@ -251,7 +261,7 @@ impl StreamTap {
         };
         let h = cur.header;
         let inflate = cur.compressed && self.inflate_dead.is_none();
-        let validate = cur.text && !cur.compressed && !self.utf8_failed;
+        let validate = cur.text && !cur.compressed && !self.skip_utf8;
         let seen_enough = cur.compressed || self.preview.len() >= self.cfg.keep();
         if h.opcode.is_control() || inflate || validate || !seen_enough {
             return 0;
@@ -390,7 +400,7 @@ impl StreamTap {
         } else if self.close.is_some() {
             self.violate(Violation::DataAfterClose(h.opcode), now, out);
         }
-        if !self.cfg.negotiated.has_unknown_extension() {
+        if !self.unknown_extension {
             let deflate = self.cfg.negotiated.deflate.is_some();
             let starts_message = matches!(h.opcode, Opcode::Text | Opcode::Binary);
             if h.rsv2 || h.rsv3 || (h.rsv1 && !deflate) {
@@ -423,7 +433,7 @@ impl StreamTap {
                 };
                 self.message = Some(m);
                 self.utf8.reset();
-                self.utf8_failed = false;
+                self.skip_utf8 = self.unknown_extension;
                 text = m.text;
                 compressed = m.compressed;
             }
@@ -452,7 +462,7 @@ impl StreamTap {
         let h = cur.header;
         let control = h.opcode.is_control();
         let inflate = cur.compressed && self.inflate_dead.is_none();
-        let validate = cur.text && !cur.compressed && !self.utf8_failed;
+        let validate = cur.text && !cur.compressed && !self.skip_utf8;
         let max = self.cfg.keep();
         // Only payloads that must be read whole (text to validate, compressed
         // to inflate) are unmasked in full; others just their preview.
@@ -515,7 +525,7 @@ impl StreamTap {
         let room = max.saturating_sub(self.preview.len());
         self.preview.extend_from_slice(&buf[..buf.len().min(room)]);
         if validate && !self.utf8.feed(buf) {
-            self.utf8_failed = true;
+            self.skip_utf8 = true;
             self.violate(Violation::InvalidUtf8, now, out);
         }
     }
@@ -536,7 +546,7 @@ impl StreamTap {
         }
         let preview = &mut self.preview;
         let utf8 = &mut self.utf8;
-        let check_utf8 = msg.text && !self.utf8_failed;
+        let check_utf8 = msg.text && !self.skip_utf8;
         let mut bad_utf8 = false;
         let mut produced = 0u64;
         let mut sink = |b: &[u8]| {
@@ -585,7 +595,7 @@ impl StreamTap {
         // the output's verdict first, then the failure: the order a split
         // stream produces too
         if bad_utf8 {
-            self.utf8_failed = true;
+            self.skip_utf8 = true;
             self.violate(Violation::InvalidUtf8, now, out);
         }
         if failed {
@@ -653,8 +663,8 @@ impl StreamTap {
                     if let Some(c) = &self.current {
                         note = c.note.clone();
                     }
-                } else if m.text && !m.compressed && !self.utf8_failed && !self.utf8.is_complete() {
-                    self.utf8_failed = true;
+                } else if m.text && !m.compressed && !self.skip_utf8 && !self.utf8.is_complete() {
+                    self.skip_utf8 = true;
                     self.violate(Violation::InvalidUtf8, now, out);
                 }
             }
@@ -730,7 +740,7 @@ mod tests {
     use crate::proto::deflate::Deflater;
     use crate::proto::event::Finding;
     use crate::proto::frame::{encode_frame, push_header};
-    use crate::proto::handshake::DeflateParams;
+    use crate::proto::handshake::{DeflateParams, Extension};
 
     const M: Option<[u8; 4]> = Some([0x11, 0x22, 0x33, 0x44]);
 
@@ -1216,5 +1226,44 @@ mod tests {
         let mut out = Vec::new();
         quiet.feed(&w, SystemTime::UNIX_EPOCH, &mut out);
         assert_eq!(quiet.opaque_ahead(), 1 << 20);
+    }
+
+    #[test]
+    fn text_under_an_unknown_extension_is_not_judged_as_utf8() {
+        let cfg = TapConfig {
+            max_preview: 64,
+            negotiated: Negotiated {
+                extensions: vec![Extension {
+                    name: "x-webkit-deflate-frame".into(),
+                    params: vec![],
+                }],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut t = StreamTap::new(ConnId(1), Dir::ServerToClient, cfg);
+        // "Hello" as x-webkit-deflate-frame sends it: not UTF-8 on the wire
+        let deflated = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+        let mut w = Vec::new();
+        encode_frame(&mut w, true, true, Opcode::Text, None, &deflated);
+        // and a fragmented one cut inside what would be a character
+        encode_frame(&mut w, false, false, Opcode::Text, None, b"\xe2\x82");
+        encode_frame(&mut w, true, false, Opcode::Continuation, None, b"");
+        let (frames, findings) = run(&mut t, &w);
+        assert!(findings.is_empty(), "{findings:#?}");
+        assert_eq!(
+            frames[0].encoding,
+            Encoding::Hex,
+            "shown as the bytes it is"
+        );
+        assert_eq!(frames[0].preview, preview::hex(&deflated));
+        assert_eq!(t.stats().messages, 2);
+
+        // nothing to check: past its preview a text frame is opaque
+        let mut w = Vec::new();
+        push_header(&mut w, true, false, Opcode::Text, None, 1 << 20);
+        w.extend_from_slice(&[b'a'; 64]);
+        t.feed(&w, SystemTime::UNIX_EPOCH, &mut Vec::new());
+        assert_eq!(t.opaque_ahead(), (1 << 20) - 64);
     }
 }

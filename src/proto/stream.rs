@@ -1266,4 +1266,49 @@ mod tests {
         t.feed(&w, SystemTime::UNIX_EPOCH, &mut Vec::new());
         assert_eq!(t.opaque_ahead(), (1 << 20) - 64);
     }
+
+    #[test]
+    fn compressed_fragment_events_do_not_depend_on_read_splits() {
+        let cfg = || TapConfig {
+            max_preview: 16,
+            capture: 0,
+            frames_unwanted: false,
+            negotiated: Negotiated {
+                deflate: Some(DeflateParams {
+                    server_no_context_takeover: false,
+                    client_no_context_takeover: false,
+                    server_max_window_bits: None,
+                    client_max_window_bits: None,
+                }),
+                ..Default::default()
+            },
+        };
+        // text that inflates to exact multiples of the inflater's buffer at
+        // some cuts of its compressed form
+        let words = ["h\u{e9}llo ", "\u{20ac}", "abc", "item ", "zz", "q"];
+        let mut x = 12345u32;
+        let unit: String = (0..20)
+            .map(|_| {
+                x = x.wrapping_mul(1103515245).wrapping_add(12345);
+                words[(x >> 16) as usize % words.len()]
+            })
+            .collect();
+        let text = unit.repeat(300);
+        let c = Deflater::new(false).compress(text.as_bytes());
+        for cut in 1..c.len() {
+            let (a, b) = c.split_at(cut);
+            let mut w = Vec::new();
+            encode_frame(&mut w, false, true, Opcode::Text, None, a);
+            encode_frame(&mut w, true, false, Opcode::Continuation, None, b);
+            let events = |chunk: usize| -> Vec<String> {
+                let mut t = StreamTap::new(ConnId(1), Dir::ServerToClient, cfg());
+                let mut out = Vec::new();
+                for part in w.chunks(chunk) {
+                    t.feed(part, SystemTime::UNIX_EPOCH, &mut out);
+                }
+                as_json(&out)
+            };
+            assert_eq!(events(1), events(w.len()), "fragments cut at {cut}");
+        }
+    }
 }

@@ -630,9 +630,9 @@ impl StreamTap {
                     if !close_code::valid_on_wire(code) {
                         self.violate(Violation::InvalidCloseCode(code), now, out);
                     }
-                    let reason = match std::str::from_utf8(&p[2..]) {
-                        Ok(s) => s.to_string(),
-                        Err(_) => {
+                    let reason = match close_reason_text(&p[2..], (p.len() as u64) < h.len) {
+                        Some(s) => s.to_string(),
+                        None => {
                             self.violate(Violation::CloseReasonNotUtf8, now, out);
                             preview::hex(&p[2..])
                         }
@@ -654,7 +654,13 @@ impl StreamTap {
             }
             self.control = p;
         }
-        let ends_message = !h.opcode.is_control() && h.fin;
+        // a reserved data opcode (0x3-0x7) was reported; what it means is
+        // unknown, so it does not end the message it interrupts
+        let ends_message = h.fin
+            && matches!(
+                h.opcode,
+                Opcode::Text | Opcode::Binary | Opcode::Continuation
+            );
         let mut note = cur.note.clone();
         if ends_message {
             if let Some(m) = self.message {
@@ -731,6 +737,20 @@ impl StreamTap {
                 false
             }
         }
+    }
+}
+
+/// The reason of a close payload as text, or `None` when it is not UTF-8.
+/// Past 125 bytes (`cut`) the payload is not kept: a character the cut
+/// splits is dropped, not held against the sender (the frame event says
+/// `truncated`).
+fn close_reason_text(reason: &[u8], cut: bool) -> Option<&str> {
+    match std::str::from_utf8(reason) {
+        Ok(s) => Some(s),
+        Err(e) if cut && e.error_len().is_none() => {
+            std::str::from_utf8(&reason[..e.valid_up_to()]).ok()
+        }
+        Err(_) => None,
     }
 }
 
@@ -1310,5 +1330,73 @@ mod tests {
             };
             assert_eq!(events(1), events(w.len()), "fragments cut at {cut}");
         }
+    }
+
+    #[test]
+    fn a_reserved_data_frame_neither_ends_nor_starts_a_message() {
+        let mut w = Vec::new();
+        encode_frame(&mut w, false, false, Opcode::Text, None, b"\xe2\x82");
+        encode_frame(&mut w, true, false, Opcode::Reserved(3), None, b"");
+        encode_frame(&mut w, true, false, Opcode::Continuation, None, b"\xac");
+        let mut t = tap(Dir::ServerToClient);
+        let (frames, findings) = run(&mut t, &w);
+        let observed: Vec<_> = findings.iter().map(|f| f.observed.clone()).collect();
+        assert_eq!(observed.len(), 1, "{observed:#?}");
+        assert!(observed[0]
+            .as_deref()
+            .unwrap_or("")
+            .contains("reserved opcode 0x3"));
+        assert_eq!(frames.len(), 3);
+        assert_eq!(t.stats().messages, 1);
+
+        // nor a compressed one: the inflater does not see a message end
+        let mut t = deflate_tap(Dir::ServerToClient, true);
+        let c = Deflater::new(true).compress(b"split by a reserved frame");
+        let (a, b) = c.split_at(c.len() / 2);
+        let mut w = Vec::new();
+        encode_frame(&mut w, false, true, Opcode::Text, None, a);
+        encode_frame(&mut w, true, false, Opcode::Reserved(5), None, b"");
+        encode_frame(&mut w, true, false, Opcode::Continuation, None, b);
+        let (frames, findings) = run(&mut t, &w);
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        let joined = format!("{}{}", frames[0].preview, frames[2].preview);
+        assert_eq!(joined, "split by a reserved frame");
+
+        // nor does one outside a message begin one
+        let mut w = frame(Opcode::Reserved(4), false, None, b"");
+        w.extend(frame(Opcode::Continuation, true, None, b"x"));
+        let v = violations(Dir::ServerToClient, &w);
+        assert_eq!(v.len(), 2, "{v:#?}");
+        assert!(v[1].contains("continuation frame without"), "{v:#?}");
+    }
+
+    #[test]
+    fn a_long_close_reason_cut_inside_a_character_is_kept_to_its_last_whole_one() {
+        let mut p = 1000u16.to_be_bytes().to_vec();
+        p.extend("é".repeat(99).as_bytes());
+        let mut t = tap(Dir::ServerToClient);
+        let (frames, findings) = run(&mut t, &frame(Opcode::Close, true, None, &p));
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert!(findings[0]
+            .observed
+            .as_deref()
+            .unwrap_or("")
+            .contains("longer than 125"));
+        // 123 bytes of reason kept: 61 whole characters and half of one
+        let reason = "é".repeat(61);
+        assert_eq!(frames[0].close_reason.as_deref(), Some(reason.as_str()));
+        assert!(frames[0].truncated);
+        assert_eq!(
+            t.close_seen().map(|c| c.reason.as_str()),
+            Some(reason.as_str())
+        );
+
+        // invalid UTF-8 before the cut is still a fault
+        let mut p = 1000u16.to_be_bytes().to_vec();
+        p.push(0xff);
+        p.extend("é".repeat(99).as_bytes());
+        let v = violations(Dir::ServerToClient, &frame(Opcode::Close, true, None, &p));
+        assert_eq!(v.len(), 2, "{v:#?}");
+        assert!(v[1].contains("not valid UTF-8"), "{v:#?}");
     }
 }

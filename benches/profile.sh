@@ -42,7 +42,7 @@ target/release/examples/bench --no-build --only "$case_" --targets "$target" \
 bench=$!
 # past the proxy's start and the warm-up, inside the measured seconds
 sleep 2.5
-pids=$(pgrep -f "$pattern" | paste -sd, -)
+pids=$(pgrep -f "$pattern" | paste -sd, - || true)
 [ -n "$pids" ] || {
 	wait $bench || true
 	cat "$dir/bench.txt" >&2

@@ -364,3 +364,27 @@ async fn a_broken_chunk_size_in_a_request_body_gets_a_400() {
     let evs = proxy.wait_closes(1).await;
     assert_eq!(closes(&evs)[0].reason, "bad-request", "{}", dump(&evs));
 }
+
+#[tokio::test]
+async fn a_refused_request_lingers_once() {
+    // the answer's own lingering close is the connection's last: the end
+    // does not drain the client for another LINGER_TIME
+    let up = scripted_upstream(|mut s| async move {
+        read_all(&mut s).await;
+    })
+    .await;
+    let proxy = TestProxy::start(&format!("http://{up}")).await;
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    send(&mut c, b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n").await;
+    let got = read_all(&mut c).await;
+    assert_eq!(status_of(&got), Some(400));
+    // the client holds its side open: each linger waits its full 2 s
+    let since = std::time::Instant::now();
+    proxy.wait_closes(1).await;
+    let waited = since.elapsed();
+    drop(c);
+    assert!(
+        waited < Duration::from_millis(3000),
+        "close after {waited:?}"
+    );
+}

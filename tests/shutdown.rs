@@ -288,3 +288,29 @@ async fn idle_keepalive_and_unanswered_requests_get_close_events_at_shutdown() {
     assert_eq!(https(&evs).len(), 1, "the answered request is logged");
     drop((idle, waiting));
 }
+
+#[tokio::test]
+async fn a_connection_lingering_at_shutdown_still_gets_its_close_event() {
+    // its client keeps its side open after the answer, so the lingering
+    // close would outlast the grace period: the end of it ends the linger
+    let up = scripted_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        send(
+            &mut s,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+        )
+        .await;
+    })
+    .await;
+    let proxy = TestProxy::start_with(&format!("http://{up}"), |c| {
+        c.grace = Duration::from_millis(100);
+    })
+    .await;
+    let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    send(&mut c, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let got = read_all(&mut c).await;
+    assert!(got.ends_with(b"ok"));
+    let evs = proxy.stop().await;
+    drop(c);
+    assert_eq!(closes(&evs).len(), 1, "{}", dump(&evs));
+}

@@ -59,6 +59,8 @@ pub struct BodyCopy {
     /// Bytes at the front of the source's buffer that were scanned as
     /// body and not yet written.
     pending: usize,
+    /// What was written is still to be flushed.
+    unflushed: bool,
     done: bool,
 }
 
@@ -73,6 +75,7 @@ impl BodyCopy {
             },
             copied: 0,
             pending: 0,
+            unflushed: false,
             done: kind == BodyKind::Empty,
         }
     }
@@ -83,7 +86,8 @@ impl BodyCopy {
 
     /// Copies on until the body ends; returns the bytes copied in all.
     /// Dropping the future at an await loses nothing: each write is one
-    /// `write` whose count is taken at once.
+    /// `write` whose count is taken at once, and a flush still owed is
+    /// made first when the copy goes on.
     pub async fn run<R, W>(
         &mut self,
         src: &mut Inbound<R>,
@@ -95,7 +99,18 @@ impl BodyCopy {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        while !self.done {
+        loop {
+            if self.unflushed {
+                // Each read goes on at once: a streamed body (server-sent
+                // events, a chunked progress report) must reach the peer as
+                // it comes, not wait in a TLS writer until the message
+                // ends. On TCP a no-op.
+                dst.flush().await.map_err(BodyError::Write)?;
+                self.unflushed = false;
+            }
+            if self.done {
+                return Ok(self.copied);
+            }
             if self.pending == 0 {
                 if src.buffered().is_empty() {
                     let n = match idle {
@@ -111,7 +126,8 @@ impl BodyCopy {
                     }
                     .map_err(BodyError::Read)?;
                     if n == 0 {
-                        return self.at_end(dst).await;
+                        self.at_end()?;
+                        continue;
                     }
                 }
                 let data = src.buffered();
@@ -140,11 +156,7 @@ impl BodyCopy {
             self.pending -= n;
             self.copied += n as u64;
             if self.pending == 0 {
-                // Each read goes on at once: a streamed body (server-sent
-                // events, a chunked progress report) must reach the peer as
-                // it comes, not wait in a TLS writer until the message
-                // ends. On TCP a no-op.
-                dst.flush().await.map_err(BodyError::Write)?;
+                self.unflushed = true;
                 self.done = match self.kind {
                     BodyKind::Chunked => self.scanner.is_done(),
                     BodyKind::Length(_) => self.remaining == 0,
@@ -152,16 +164,15 @@ impl BodyCopy {
                 };
             }
         }
-        Ok(self.copied)
     }
 
     /// The source ended: the end of an until-close body, early for others.
-    async fn at_end<W: AsyncWrite + Unpin>(&mut self, dst: &mut W) -> Result<u64, BodyError> {
+    fn at_end(&mut self) -> Result<(), BodyError> {
         match self.kind {
             BodyKind::UntilClose => {
-                dst.flush().await.map_err(BodyError::Write)?;
+                self.unflushed = true;
                 self.done = true;
-                Ok(self.copied)
+                Ok(())
             }
             BodyKind::Length(n) => Err(BodyError::Truncated {
                 expected: n.to_string(),
@@ -289,6 +300,69 @@ mod tests {
             assert!(copy.is_done());
             assert_eq!(dst.got, body);
             assert_eq!(src.buffered(), b"NEXT");
+        }
+    }
+
+    /// Takes every write whole; every other flush is not done yet.
+    struct SlowFlush {
+        got: Vec<u8>,
+        flushes: usize,
+    }
+
+    impl AsyncWrite for SlowFlush {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            self.got.extend_from_slice(buf);
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            self.flushes += 1;
+            if self.flushes % 2 == 1 {
+                cx.waker().wake_by_ref();
+                return std::task::Poll::Pending;
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_copy_dropped_at_its_last_flush_ends_there() {
+        // a TLS writer's flush may wait; the copy must not start on the
+        // next message when it goes on
+        use futures_util::FutureExt;
+        let body = b"5\r\nfirst\r\n0\r\n\r\n";
+        let mut input = body.to_vec();
+        input.extend_from_slice(b"NEXT");
+        for kind in [BodyKind::Chunked, BodyKind::Length(body.len() as u64)] {
+            let mut src = Inbound::new(&input[..]);
+            let mut dst = SlowFlush {
+                got: Vec::new(),
+                flushes: 0,
+            };
+            let mut copy = BodyCopy::new(kind);
+            let r = loop {
+                if let Some(r) = copy.run(&mut src, &mut dst, None, None).now_or_never() {
+                    break r;
+                }
+            };
+            assert_eq!(r.unwrap(), body.len() as u64, "{kind:?}");
+            assert_eq!(dst.got, body);
+            assert_eq!(src.buffered(), b"NEXT");
+            assert_eq!(dst.flushes % 2, 0, "the last flush was made");
         }
     }
 

@@ -12,9 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 use super::body::{copy_body, BodyCopy, BodyError, Capture};
-use super::io::{
-    answer_and_linger, linger_close, write_flush, BoxIo, Inbound, ReadHeadError, READ_CAPACITY,
-};
+use super::io::{linger_close, write_flush, BoxIo, Inbound, ReadHeadError, READ_CAPACITY};
 use super::relay::{self, RelayOptions, Sides};
 use super::splice::relay_side;
 use super::upstream::{authority, Connected, Endpoint, UpstreamUrl};
@@ -113,6 +111,9 @@ pub(super) struct Conn {
     /// This exchange's request as a simulated hop handed it on, before the
     /// rewrite rules ran (`fix-verified` judges the rules against it).
     after_hop: Option<RequestView>,
+    /// The client's side was closed with a lingering close (or the client
+    /// was found gone): the end need not linger again.
+    lingered: bool,
 }
 
 /// Serves one accepted client connection to its end.
@@ -218,6 +219,7 @@ impl Conn {
             fixed,
             current: None,
             after_hop: None,
+            lingered: false,
         }
     }
 }
@@ -382,7 +384,7 @@ impl Conn {
             // the client may have sent more (a pipelined request) that
             // nobody will read: closing on it would reset the connection and
             // take with it the end of the response still on its way
-            linger_close(&mut self.client_rd, &mut self.client_wr).await;
+            self.linger().await;
         }
         let ended = SystemTime::now();
         let up_total = self.upstream_bytes + self.upstream.as_ref().map_or(0, |u| u.rd.total);
@@ -521,7 +523,32 @@ impl Conn {
     /// with a lingering close: the client may still be sending the request
     /// (its body), and closing on unread bytes would reset the connection.
     async fn answer_and_close(&mut self, response: &[u8]) {
-        answer_and_linger(&mut self.client_rd, &mut self.client_wr, response).await;
+        if write_flush(&mut self.client_wr, response).await.is_err() {
+            // the client is gone: nobody is left to read the answer
+            self.lingered = true;
+            return;
+        }
+        self.linger().await;
+    }
+
+    /// Shuts the client's side down and reads and drops what it still
+    /// sends until it closes, `LINGER_BYTES` or `LINGER_TIME` (a
+    /// lingering close, RFC 9112 §9.6): closing with input unread makes the
+    /// kernel reset the connection, and the client may lose the end of the
+    /// answer. Once per connection, and only until the grace period ends,
+    /// after which every connection must end and send its close.
+    async fn linger(&mut self) {
+        if std::mem::replace(&mut self.lingered, true) {
+            return;
+        }
+        let mut stop = self.shared.hard_stop.subscribe();
+        let stopped = tokio::select! {
+            _ = linger_close(&mut self.client_rd, &mut self.client_wr) => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        if stopped {
+            let _ = self.client_wr.shutdown().await;
+        }
     }
 
     async fn exchange(&mut self, req: RequestHead, raw: Vec<u8>) -> Step {
@@ -604,6 +631,16 @@ impl Conn {
             {
                 Ok(r) => break r,
                 Err(ExchangeError::Client(e)) => return self.client_body_failed(e, false).await,
+                Err(ExchangeError::ClientReset(e)) => {
+                    self.drop_upstream();
+                    self.lingered = true;
+                    return Step::Done(End::new(
+                        "client-closed",
+                        format!(
+                            "the client reset the connection while it waited for the answer: {e}"
+                        ),
+                    ));
+                }
                 Err(ExchangeError::HalfClosed) => {
                     self.drop_upstream();
                     return Step::Done(End::new(
@@ -765,7 +802,7 @@ impl Conn {
             // way from the client, where it cannot be told from a next
             // request: drain it and end (a lingering close).
             self.drop_upstream();
-            linger_close(&mut self.client_rd, &mut self.client_wr).await;
+            self.linger().await;
             return Step::Done(End::new(
                 "server-closed",
                 format!("the upstream stopped taking the request body: {e}"),
@@ -880,7 +917,7 @@ impl Conn {
                         let h = tokio::select! {
                             h = &mut head => h,
                             left = client_leaves(&mut self.client_rd) => match left {
-                                Some(e) => return Err(ExchangeError::Client(BodyError::Read(e))),
+                                Some(e) => return Err(ExchangeError::ClientReset(e)),
                                 None => {
                                     // a half-close, as the client made it:
                                     // the upstream sees it and decides
@@ -1001,6 +1038,7 @@ impl Conn {
             fixed,
             current,
             after_hop,
+            lingered: _,
         } = self;
         let Some(up) = upstream else {
             return;
@@ -1097,6 +1135,9 @@ enum ExchangeError {
     /// The client ended its side before the answer, and the upstream,
     /// told so, closed without one: as it would have done to the client.
     HalfClosed,
+    /// Reading from the client failed while the answer was awaited: it
+    /// reset the connection.
+    ClientReset(std::io::Error),
 }
 
 /// An open WebSocket's entry in the registry of control handles

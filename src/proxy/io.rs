@@ -48,28 +48,14 @@ pub async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> io::
 pub const LINGER_BYTES: u64 = 1024 * 1024;
 pub const LINGER_TIME: Duration = Duration::from_secs(2);
 
-/// Answers and closes the way RFC 9112 §9.6 asks of a server that closes
-/// while the client may still be sending (a request wstap refused, or
-/// failed to pass on, before its body was read): writes `response`,
-/// flushes, shuts down the write half so the client sees the answer and a
-/// FIN, then reads and drops what the client still sends, until it closes,
-/// [`LINGER_BYTES`] or [`LINGER_TIME`]. Closing with input unread makes the
-/// kernel reset the connection: the client's next send fails, and many
-/// clients then report the reset instead of the answer.
-pub async fn answer_and_linger<R, W>(rd: &mut Inbound<R>, wr: &mut W, response: &[u8])
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    if write_flush(wr, response).await.is_err() {
-        // the client is gone: nobody is left to read the answer
-        return;
-    }
-    linger_close(rd, wr).await;
-}
-
-/// The closing half of [`answer_and_linger`], for an answer already sent:
-/// shuts down the write half, then drains the input (bounded).
+/// Closes the way RFC 9112 §9.6 asks of a server that closes while the
+/// client may still be sending (a request wstap refused before its body
+/// was read, a request pipelined behind the last answer): shuts down the
+/// write half so the client sees the answer and a FIN, then reads and
+/// drops what the client still sends, until it closes, [`LINGER_BYTES`]
+/// or [`LINGER_TIME`]. Closing with input unread makes the kernel reset
+/// the connection: the client's next send fails, the end of the answer
+/// still queued is lost, and many clients report the reset instead.
 pub async fn linger_close<R, W>(rd: &mut Inbound<R>, wr: &mut W)
 where
     R: AsyncRead + Unpin,

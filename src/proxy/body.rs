@@ -240,83 +240,36 @@ mod tests {
         assert_eq!(&got, b"5\r\nfirst\r\n");
     }
 
-    /// Takes at most 3 bytes a write, and every other poll none (Pending).
-    struct Trickle {
+    /// A writer whose every other write (`stall_writes`: and then takes at
+    /// most 3 bytes) or flush (`stall_flushes`) is not done yet: where a
+    /// copy polled once at a time stops.
+    #[derive(Default)]
+    struct Fickle {
         got: Vec<u8>,
-        polls: usize,
+        stall_writes: bool,
+        stall_flushes: bool,
+        writes: usize,
+        flushes: usize,
     }
 
-    impl AsyncWrite for Trickle {
+    impl AsyncWrite for Fickle {
         fn poll_write(
             mut self: std::pin::Pin<&mut Self>,
             cx: &mut std::task::Context<'_>,
             buf: &[u8],
         ) -> std::task::Poll<io::Result<usize>> {
-            self.polls += 1;
-            if self.polls % 2 == 1 {
-                cx.waker().wake_by_ref();
-                return std::task::Poll::Pending;
-            }
-            let n = buf.len().min(3);
+            self.writes += 1;
+            let n = if self.stall_writes {
+                if self.writes % 2 == 1 {
+                    cx.waker().wake_by_ref();
+                    return std::task::Poll::Pending;
+                }
+                buf.len().min(3)
+            } else {
+                buf.len()
+            };
             self.got.extend_from_slice(&buf[..n]);
             std::task::Poll::Ready(Ok(n))
-        }
-
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
-
-    #[tokio::test]
-    async fn a_copy_dropped_at_any_await_goes_on_where_it_stopped() {
-        use futures_util::FutureExt;
-        let body = b"5\r\nfirst\r\nb\r\nsecond part\r\n0\r\n\r\n";
-        let mut input = body.to_vec();
-        input.extend_from_slice(b"NEXT");
-        for kind in [BodyKind::Chunked, BodyKind::Length(body.len() as u64)] {
-            let mut src = Inbound::new(&input[..]);
-            let mut dst = Trickle {
-                got: Vec::new(),
-                polls: 0,
-            };
-            let mut copy = BodyCopy::new(kind);
-            // polled once, then dropped, again and again
-            let r = loop {
-                if let Some(r) = copy.run(&mut src, &mut dst, None, None).now_or_never() {
-                    break r;
-                }
-            };
-            assert_eq!(r.unwrap(), body.len() as u64);
-            assert!(copy.is_done());
-            assert_eq!(dst.got, body);
-            assert_eq!(src.buffered(), b"NEXT");
-        }
-    }
-
-    /// Takes every write whole; every other flush is not done yet.
-    struct SlowFlush {
-        got: Vec<u8>,
-        flushes: usize,
-    }
-
-    impl AsyncWrite for SlowFlush {
-        fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<io::Result<usize>> {
-            self.got.extend_from_slice(buf);
-            std::task::Poll::Ready(Ok(buf.len()))
         }
 
         fn poll_flush(
@@ -324,7 +277,7 @@ mod tests {
             cx: &mut std::task::Context<'_>,
         ) -> std::task::Poll<io::Result<()>> {
             self.flushes += 1;
-            if self.flushes % 2 == 1 {
+            if self.stall_flushes && self.flushes % 2 == 1 {
                 cx.waker().wake_by_ref();
                 return std::task::Poll::Pending;
             }
@@ -339,29 +292,49 @@ mod tests {
         }
     }
 
+    /// Copies `body` followed by `NEXT` as `kind` into `dst`, polling the
+    /// copy once and dropping it, again and again, until it ends; checks
+    /// that the body, all of it and only it, went through.
+    fn copy_in_drops(body: &[u8], kind: BodyKind, dst: &mut Fickle) {
+        use futures_util::FutureExt;
+        let mut input = body.to_vec();
+        input.extend_from_slice(b"NEXT");
+        let mut src = Inbound::new(&input[..]);
+        let mut copy = BodyCopy::new(kind);
+        let r = loop {
+            if let Some(r) = copy.run(&mut src, dst, None, None).now_or_never() {
+                break r;
+            }
+        };
+        assert_eq!(r.unwrap(), body.len() as u64, "{kind:?}");
+        assert!(copy.is_done());
+        assert_eq!(dst.got, body);
+        assert_eq!(src.buffered(), b"NEXT");
+    }
+
+    #[tokio::test]
+    async fn a_copy_dropped_at_any_await_goes_on_where_it_stopped() {
+        let body = b"5\r\nfirst\r\nb\r\nsecond part\r\n0\r\n\r\n";
+        for kind in [BodyKind::Chunked, BodyKind::Length(body.len() as u64)] {
+            let mut dst = Fickle {
+                stall_writes: true,
+                ..Default::default()
+            };
+            copy_in_drops(body, kind, &mut dst);
+        }
+    }
+
     #[tokio::test]
     async fn a_copy_dropped_at_its_last_flush_ends_there() {
         // a TLS writer's flush may wait; the copy must not start on the
         // next message when it goes on
-        use futures_util::FutureExt;
         let body = b"5\r\nfirst\r\n0\r\n\r\n";
-        let mut input = body.to_vec();
-        input.extend_from_slice(b"NEXT");
         for kind in [BodyKind::Chunked, BodyKind::Length(body.len() as u64)] {
-            let mut src = Inbound::new(&input[..]);
-            let mut dst = SlowFlush {
-                got: Vec::new(),
-                flushes: 0,
+            let mut dst = Fickle {
+                stall_flushes: true,
+                ..Default::default()
             };
-            let mut copy = BodyCopy::new(kind);
-            let r = loop {
-                if let Some(r) = copy.run(&mut src, &mut dst, None, None).now_or_never() {
-                    break r;
-                }
-            };
-            assert_eq!(r.unwrap(), body.len() as u64, "{kind:?}");
-            assert_eq!(dst.got, body);
-            assert_eq!(src.buffered(), b"NEXT");
+            copy_in_drops(body, kind, &mut dst);
             assert_eq!(dst.flushes % 2, 0, "the last flush was made");
         }
     }

@@ -660,7 +660,7 @@ impl Conn {
         };
         // a new protocol starts after the request: its body first
         if let (101, Some(copy), Some(up)) = (resp.status, rest.as_mut(), self.upstream.as_mut()) {
-            let stall = Some(self.shared.cfg.header_timeout);
+            let stall = body_stall(&self.shared);
             match copy.run(&mut self.client_rd, &mut up.wr, None, stall).await {
                 Ok(_) => rest = None,
                 Err(e @ BodyError::Write(_)) => body_cut = Some(e),
@@ -725,7 +725,7 @@ impl Conn {
             }
         };
         let mut captured = Vec::new();
-        let stall = Some(self.shared.cfg.header_timeout);
+        let stall = body_stall(&self.shared);
         let (body, request) = {
             let Some(up) = self.upstream.as_mut() else {
                 return Step::Done(End::new("error", "upstream connection lost"));
@@ -886,9 +886,7 @@ impl Conn {
         let read_before = up.rd.total;
         // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client
         let interim = version == Version::Http11;
-        // a client that stops sending its body is cut like one that stops
-        // sending its head (an upload that keeps moving is not)
-        let stall = Some(self.shared.cfg.header_timeout);
+        let stall = body_stall(&self.shared);
         let mut half_closed = false;
         let mut copy = BodyCopy::new(framing);
         let (body, head) = {
@@ -1190,6 +1188,13 @@ impl Drop for Registered {
             m.remove(&self.id);
         }
     }
+}
+
+/// How long a request body may wait for the client's next bytes: a client
+/// that stops sending its body is cut like one that stops sending its head
+/// (an upload that keeps moving is not).
+fn body_stall(shared: &Shared) -> Option<Duration> {
+    Some(shared.cfg.header_timeout)
 }
 
 /// Waits, while the answer is awaited, for the client's end of stream
